@@ -1,0 +1,84 @@
+-- gw — the module plugins program against (SPEC §5).
+--
+-- Plugins reach it as require("gw") (also a global). What needs the running
+-- request (log lines carry its id, sleep yields its coroutine) finds it through
+-- gw._current, which the runtime sets whenever it resumes a request.
+local cjson = require("cjson.safe")
+local mgffi = require("moongate.ffi")
+
+local C = mgffi.C
+local co_running, co_yield = coroutine.running, coroutine.yield
+local concat, select, tostring, type = table.concat, select, tostring, type
+local os_time = os.time
+
+local _M = { _VERSION = "0.1", _current = nil }
+
+-- Sentinels returned from hooks: the runner recognises them by metatable.
+local RESPOND = {}
+local RETRY = setmetatable({}, { __tostring = function() return "gw.retry()" end })
+_M.RESPOND_MT = RESPOND
+_M.RETRY = RETRY
+
+-- gw.respond(code, body, headers): end the request with this answer.
+-- body: a string, or a table sent as JSON; headers: { name = value }.
+function _M.respond(code, body, headers)
+  if type(code) ~= "number" or code < 100 or code > 599 then
+    error("gw.respond: code must be an HTTP status", 2)
+  end
+  return setmetatable({ status = code, body = body, headers = headers }, RESPOND)
+end
+
+-- gw.retry(): from on_response or on_error, try the next attempt.
+function _M.retry()
+  return RETRY
+end
+
+local levels = { error = 0, warn = 1, info = 2, debug = 3 }
+
+-- gw.log(level, ...): one line on the error log, prefixed with the request id.
+function _M.log(level, ...)
+  local lv = levels[level]
+  if lv == nil then error("gw.log: level must be error, warn, info or debug", 2) end
+  local n = select("#", ...)
+  local parts = { ... }
+  for i = 1, n do parts[i] = tostring(parts[i]) end
+  local msg = concat(parts, " ", 1, n)
+  local ctx = _M._current
+  if ctx and ctx.id then msg = "[" .. ctx.id .. "] " .. msg end
+  if C then
+    C.mg_log_write(lv, msg, #msg)
+  else
+    io.stderr:write(level, ": ", msg, "\n")
+  end
+end
+
+-- gw.now(): wall-clock time in seconds, with sub-millisecond precision.
+function _M.now()
+  if C then return C.mg_now() end
+  return os_time()
+end
+
+-- gw.json: decode never raises (nil, err); encode keeps "/" unescaped.
+local json = cjson.new()
+_M.json = {
+  decode = function(s) return json.decode(s) end,
+  encode = function(v)
+    local s, err = json.encode(v)
+    if s == nil then return nil, err end
+    return (s:gsub("\\/", "/"))
+  end,
+  null = cjson.null,
+}
+
+-- gw.sleep(seconds): yield the request's coroutine to the event loop.
+function _M.sleep(seconds)
+  local co = co_running()
+  local id = _M._waiter_of and _M._waiter_of(co)
+  if not id then error("gw.sleep: only inside a request", 2) end
+  C.mg_sleep(id, seconds)
+  repeat
+    local kind = co_yield()
+  until kind == 5 -- MG_EV_TIMER
+end
+
+return _M

@@ -1,0 +1,55 @@
+-- moongate.errors — errors made by the gateway, in the client's own format
+-- (SPEC §3): OpenAI's {"error":{"message","type","code"}} on OpenAI paths,
+-- Anthropic's {"type":"error","error":{"type","message"}} on /v1/messages.
+local gw = require("gw")
+
+local _M = { _VERSION = "0.1" }
+
+local openai_types = {
+  [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
+  [404] = "invalid_request_error", [409] = "invalid_request_error", [413] = "invalid_request_error",
+  [429] = "rate_limit_error", [431] = "invalid_request_error",
+}
+local anthropic_types = {
+  [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
+  [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error",
+  [500] = "api_error", [502] = "api_error", [503] = "overloaded_error", [504] = "api_error",
+}
+
+-- The wire format a client speaks, from the path it asked for.
+function _M.format_of(path)
+  if path:sub(1, 12) == "/v1/messages" then return "anthropic" end
+  return "openai"
+end
+
+-- body(format, status, message, code) -> JSON text
+function _M.body(format, status, message, code)
+  if format == "anthropic" then
+    return gw.json.encode({ type = "error", error = {
+      type = anthropic_types[status] or (status >= 500 and "api_error" or "invalid_request_error"),
+      message = message } })
+  end
+  return gw.json.encode({ error = {
+    message = message,
+    type = openai_types[status] or (status >= 500 and "server_error" or "invalid_request_error"),
+    code = code or gw.json.null } })
+end
+
+-- respond(ctx, status, message, code, headers) -> a gw.respond value
+function _M.respond(ctx, status, message, code, headers)
+  local h = headers or {}
+  h["content-type"] = "application/json"
+  return gw.respond(status, _M.body(ctx.format or "openai", status, message, code), h)
+end
+
+-- An SSE error event that ends a stream which failed after its first event.
+function _M.stream_event(format, message)
+  if format == "anthropic" then
+    return "event: error\ndata: " .. gw.json.encode({ type = "error",
+      error = { type = "api_error", message = message } }) .. "\n\n"
+  end
+  return "data: " .. gw.json.encode({ error = { message = message, type = "server_error",
+    code = "upstream_error" } }) .. "\n\n"
+end
+
+return _M

@@ -1,0 +1,79 @@
+-- moongate.ffi — the one ffi.cdef of the C functions Lua calls (runtime/ffi.h).
+--
+-- Keep this in step with runtime/ffi.h. Outside the moongate binary (busted
+-- unit specs) the symbols do not exist: `available` is false and C is nil,
+-- so modules that only need it on the request path can still be loaded.
+local ffi = require("ffi")
+
+local _M = { _VERSION = "0.1" }
+
+ffi.cdef[[
+typedef struct mg_req mg_req_t;
+typedef struct mg_up mg_up_t;
+
+const char *mg_req_method(mg_req_t *r, size_t *len);
+const char *mg_req_target(mg_req_t *r, size_t *len);
+int         mg_req_header_count(mg_req_t *r);
+int         mg_req_header(mg_req_t *r, int i, const char **name, size_t *nlen,
+                          const char **val, size_t *vlen);
+const char *mg_req_body(mg_req_t *r, size_t *len);
+const char *mg_req_remote(mg_req_t *r);
+int         mg_req_http_minor(mg_req_t *r);
+int         mg_req_alive(mg_req_t *r);
+double      mg_req_start(mg_req_t *r);
+void        mg_req_release(mg_req_t *r);
+
+int mg_resp_start(mg_req_t *r, int status, const char *headers, size_t hlen, int64_t content_length);
+int mg_resp_write(mg_req_t *r, const char *data, size_t len);
+int mg_resp_finish(mg_req_t *r, int abort);
+int mg_resp_status(mg_req_t *r);
+uint64_t mg_resp_bytes(mg_req_t *r);
+
+mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const char *url,
+                     const char *headers, size_t hlen, const char *body, size_t blen,
+                     double connect_timeout, double timeout, const char *ca_file, int insecure,
+                     char *err, size_t errlen);
+int      mg_up_status(mg_up_t *u);
+int      mg_up_header_count(mg_up_t *u);
+int      mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen,
+                      const char **val, size_t *vlen);
+int      mg_up_pipe(mg_up_t *u);
+int      mg_up_stream(mg_up_t *u);
+const char *mg_up_errmsg(mg_up_t *u);
+double   mg_up_ttfb(mg_up_t *u);
+void     mg_up_free(mg_up_t *u);
+
+double mg_now(void);
+double mg_monotonic(void);
+int    mg_sleep(int64_t waiter, double seconds);
+void   mg_log_write(int level, const char *msg, size_t len);
+void   mg_access_write(const char *line, size_t len);
+void   mg_request_id(char out[33]);
+int    mg_stopping(void);
+
+int  mg_listen(const char *host, int port, int app, char *err, size_t errlen);
+void mg_set_limits(double max_body, double max_header, int max_connections,
+                   double header_timeout, double idle_timeout, double shutdown_timeout);
+int  mg_access_log(const char *target);
+
+int  mg_metric_declare(const char *name, int type, const char *help,
+                       const double *buckets, int nbuckets);
+void mg_metric_add(int id, const char *labels, size_t llen, double v);
+void mg_metric_set(int id, const char *labels, size_t llen, double v);
+void mg_metric_observe(int id, const char *labels, size_t llen, double v);
+const char *mg_metrics_text(size_t *len);
+]]
+
+local ok = pcall(function() return ffi.C.mg_now end)
+_M.available = ok
+_M.C = ok and ffi.C or nil
+
+-- Shared scratch out-parameters: every call that uses them copies the result
+-- into a Lua string before the next call, so one set per state is enough.
+_M.sz1 = ffi.new("size_t[1]")
+_M.sz2 = ffi.new("size_t[1]")
+_M.cp1 = ffi.new("const char *[1]")
+_M.cp2 = ffi.new("const char *[1]")
+_M.errbuf = ffi.new("char[256]")
+
+return _M

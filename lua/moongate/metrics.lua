@@ -1,0 +1,63 @@
+-- moongate.metrics — the Prometheus series of SPEC §7, kept in C
+-- (runtime/metrics.c) so that every worker feeds one registry.
+local mgffi = require("moongate.ffi")
+local ffi = require("ffi")
+
+local C = mgffi.C
+local concat, gsub, tostring = table.concat, string.gsub, tostring
+
+local _M = { _VERSION = "0.1" }
+
+local COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
+local ids = {}
+
+local DURATION = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120 }
+
+local function declare(name, kind, help, buckets)
+  local b, n = nil, 0
+  if buckets then
+    n = #buckets
+    b = ffi.new("double[?]", n, buckets)
+  end
+  ids[name] = C.mg_metric_declare(name, kind, help, b, n)
+end
+
+function _M.init()
+  if not C then return end
+  declare("moongate_requests_total", COUNTER, "Requests answered, by route, backend, target and status.")
+  declare("moongate_request_duration_seconds", HISTOGRAM, "Time from request to last byte.", DURATION)
+  declare("moongate_upstream_ttfb_seconds", HISTOGRAM, "Time to the first byte of the provider's answer.", DURATION)
+  declare("moongate_attempts_total", COUNTER, "Upstream attempts, by target and outcome.")
+  declare("moongate_inflight", GAUGE, "Requests being served.")
+end
+
+local function esc(v)
+  return (gsub(tostring(v), '[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
+end
+
+-- labels({ {"route", "x"}, {"code", 200} }) -> 'route="x",code="200"'
+local function labels(pairs_)
+  local out = {}
+  for i = 1, #pairs_, 2 do
+    out[#out + 1] = pairs_[i] .. '="' .. esc(pairs_[i + 1] or "") .. '"'
+  end
+  return concat(out, ",")
+end
+_M.labels = labels
+
+function _M.add(name, l, v)
+  if C then C.mg_metric_add(ids[name], l, #l, v) end
+end
+
+function _M.observe(name, l, v)
+  if C then C.mg_metric_observe(ids[name], l, #l, v) end
+end
+
+function _M.text()
+  if not C then return "" end
+  local n = mgffi.sz1
+  local p = C.mg_metrics_text(n)
+  return ffi.string(p, n[0])
+end
+
+return _M

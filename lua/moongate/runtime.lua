@@ -1,0 +1,609 @@
+-- moongate.runtime — where C hands over to Lua.
+--
+-- C calls two functions here: init() once, and event() for every queued event
+-- (runtime/lbridge.c). Each client request runs in its own coroutine through
+-- the plugin chain (DESIGN.md's pipeline):
+--
+--   on_route ▶ on_request ▶ per attempt: on_balance ▶ on_upstream_request ▶
+--   upstream ▶ on_response / on_error ▶ body (on_chunk) ▶ on_log
+--
+-- A plugin error anywhere is caught here: a 500 in the client's format if
+-- nothing was sent yet (a cut connection otherwise), logged with the plugin's
+-- name; the next request is served normally.
+local ffi = require("ffi")
+local gw = require("gw")
+local mgffi = require("moongate.ffi")
+local config = require("moongate.config")
+local errors = require("moongate.errors")
+local metrics = require("moongate.metrics")
+local plugins = require("moongate.plugins")
+local upstream = require("moongate.upstream")
+
+local C = mgffi.C
+local co_create, co_resume, co_status, co_running = coroutine.create, coroutine.resume,
+  coroutine.status, coroutine.running
+local ffi_string = ffi.string
+local concat, format, getmetatable, ipairs, pairs, pcall, tostring, type =
+  table.concat, string.format, getmetatable, ipairs, pairs, pcall, tostring, type
+local str_find, str_lower, str_sub = string.find, string.lower, string.sub
+
+local _M = { _VERSION = "0.1" }
+
+local EV_REQUEST = 1
+local APP_GATEWAY, APP_ADMIN, APP_MOCK = 1, 2, 3
+
+local state = {
+  mode = nil,          -- "run" | "mock" | "check"
+  cfg = nil,           -- the running config (run mode)
+  mock_opts = nil,     -- mock mode
+  ready = false,
+}
+_M.state = state
+
+local waiters = {}     -- waiter id -> coroutine
+local waiter_of = setmetatable({}, { __mode = "k" })  -- coroutine -> id
+local ctx_of = setmetatable({}, { __mode = "k" })     -- coroutine -> ctx
+local next_waiter = 0
+
+gw._waiter_of = function(co) return waiter_of[co] end
+
+-- ====================== coroutines ======================
+
+local function resume(co, ...)
+  local prev = gw._current
+  gw._current = ctx_of[co]
+  local ok, err = co_resume(co, ...)
+  gw._current = prev
+  if not ok then
+    -- the pipeline catches plugin errors; reaching here is a runtime bug
+    local msg = "runtime error: " .. tostring(err)
+    C.mg_log_write(0, msg, #msg)
+  end
+  if co_status(co) == "dead" then
+    local id = waiter_of[co]
+    if id then waiters[id] = nil end
+  end
+end
+
+local function spawn(fn, ...)
+  next_waiter = next_waiter + 1
+  local co = co_create(fn)
+  waiters[next_waiter] = co
+  waiter_of[co] = next_waiter
+  resume(co, ...)
+end
+
+-- event(kind, waiter, ptr, arg, data): one queued event from C
+function _M.event(kind, waiter, ptr, arg, data)
+  if kind == EV_REQUEST then
+    return spawn(_M.serve, ffi.cast("mg_req_t *", ptr), arg)
+  end
+  local co = waiters[waiter]
+  if co then resume(co, kind, ptr, arg, data) end
+end
+
+-- ====================== the request ======================
+
+local HOP = {  -- never forwarded in either direction (RFC 9110 §7.6.1) or owned by us
+  connection = true, ["keep-alive"] = true, ["proxy-connection"] = true, te = true,
+  trailer = true, ["transfer-encoding"] = true, upgrade = true, ["content-length"] = true,
+  host = true, expect = true,
+}
+local NOT_UPSTREAM = {  -- the client's credentials and our own framing stay here
+  authorization = true, ["x-api-key"] = true, ["api-key"] = true, ["proxy-authorization"] = true,
+  ["accept-encoding"] = true, cookie = true,
+}
+local NOT_DOWNSTREAM = {
+  ["content-encoding"] = true, ["set-cookie"] = true, ["x-request-id"] = true, date = true,
+  server = true, ["alt-svc"] = true,
+}
+
+-- Endpoints whose body must be JSON (SPEC §3: "400 bad JSON" applies there).
+local JSON_PATHS = {
+  ["/v1/chat/completions"] = true, ["/v1/completions"] = true, ["/v1/embeddings"] = true,
+  ["/v1/messages"] = true, ["/v1/messages/count_tokens"] = true,
+}
+
+local function read_request(r)
+  local sz, np, nl, vp, vl = mgffi.sz1, mgffi.cp1, mgffi.sz1, mgffi.cp2, mgffi.sz2
+  local method = ffi_string(C.mg_req_method(r, sz), sz[0])
+  local target = ffi_string(C.mg_req_target(r, sz), sz[0])
+  local headers = {}
+  for i = 0, C.mg_req_header_count(r) - 1 do
+    C.mg_req_header(r, i, np, nl, vp, vl)
+    local name = ffi_string(np[0], nl[0])
+    local val = ffi_string(vp[0], vl[0])
+    local old = headers[name]
+    headers[name] = old and (old .. ", " .. val) or val
+  end
+  local body = ffi_string(C.mg_req_body(r, sz), sz[0])
+  local q = str_find(target, "?", 1, true)
+  return {
+    method = method,
+    target = target,
+    path = q and str_sub(target, 1, q - 1) or target,
+    query = q and str_sub(target, q + 1) or nil,
+    headers = headers,
+    body = body,
+    remote = ffi_string(C.mg_req_remote(r)),
+    http_minor = C.mg_req_http_minor(r),
+  }
+end
+
+-- Writes a whole answer (status, body string, headers table) to the client.
+local function send_whole(ctx, status, body, headers)
+  local r = ctx._req
+  body = body or ""
+  local h = headers or {}
+  h["x-request-id"] = ctx.id
+  local hs = upstream.serialize_headers(h)
+  C.mg_resp_start(r, status, hs, #hs, #body)
+  if #body > 0 then C.mg_resp_write(r, body, #body) end
+  C.mg_resp_finish(r, 0)
+  ctx.response = ctx.response or {}
+  ctx.response.status = status
+end
+
+local function send_respond(ctx, rv)
+  local body, h = rv.body, {}
+  for k, v in pairs(rv.headers or {}) do h[str_lower(k)] = v end
+  if type(body) == "table" then
+    body = gw.json.encode(body)
+    h["content-type"] = h["content-type"] or "application/json"
+  end
+  if ctx.target then
+    h["x-moongate-target"] = h["x-moongate-target"] or ctx.target.name
+    h["x-moongate-attempts"] = h["x-moongate-attempts"] or tostring(ctx.attempt)
+  end
+  send_whole(ctx, rv.status, body and tostring(body) or "", h)
+end
+
+local function fail(ctx, status, message, code)
+  send_respond(ctx, errors.respond(ctx, status, message, code))
+end
+
+-- The attempt loop: balance, build the upstream request, try, judge, forward.
+local function proxy(ctx, chain)
+  local backend = ctx.backend
+  local retry = backend and backend.retry or {}
+  local ntargets = 0
+  for _, g in ipairs(backend and backend.groups or {}) do ntargets = ntargets + #g.targets end
+  local max_attempts = retry.attempts or (ntargets < 5 and ntargets or 5)
+  if max_attempts < 1 then max_attempts = 1 end
+  local last_err
+
+  while ctx.attempt < max_attempts do
+    ctx.attempt = ctx.attempt + 1
+    ctx.target, ctx.provider, ctx.response, ctx.error = nil, nil, nil, nil
+    local rv = plugins.run(chain, "on_balance", ctx)
+    if rv and rv ~= gw.RETRY then return send_respond(ctx, rv) end
+    if not ctx.target then
+      if last_err then break end
+      return fail(ctx, 503, "no target is available for backend " ..
+        tostring(backend and backend.name), "no_target")
+    end
+
+    local req = ctx.request
+    local hdrs = {}
+    for k, v in pairs(req.headers) do
+      if not HOP[k] and not NOT_UPSTREAM[k] then hdrs[k] = v end
+    end
+    ctx.upstream = {
+      method = req.method, path = req.path, query = req.query, body = req.body,
+      headers = hdrs, url = nil,
+    }
+    rv = plugins.run(chain, "on_upstream_request", ctx)
+    if rv and rv ~= gw.RETRY then return send_respond(ctx, rv) end
+    local spec = ctx.upstream
+
+    local att, kind, msg
+    if spec.mock then
+      att = upstream.start_mock(ctx, spec)
+    elseif spec.url then
+      att, kind, msg = upstream.start_real(ctx, spec, ctx._waiter, ctx._req)
+    else
+      return fail(ctx, 502, "target " .. ctx.target.name .. " has no upstream URL", "bad_target")
+    end
+
+    local status, headers
+    if att then
+      status, kind, msg = att:wait_headers()
+      if status then headers = kind end
+      ctx.timings.ttfb = att.ttfb
+    end
+    if not status then
+      if att then att:close() end
+      if kind == "client-closed" then return end
+      ctx.error = { kind = kind, message = msg, target = ctx.target.name }
+      metrics.add("moongate_attempts_total", metrics.labels({ "target", ctx.target.name, "outcome", kind }), 1)
+      gw.log("warn", "attempt", ctx.attempt, "to", ctx.target.name, "failed:", kind, msg)
+      last_err = ctx.error
+      rv = plugins.run(chain, "on_error", ctx, ctx.error)
+      if rv == gw.RETRY then goto continue end
+      if rv then return send_respond(ctx, rv) end
+      break
+    end
+
+    do
+      local out = {}
+      for k, v in pairs(headers) do
+        if not HOP[k] and not NOT_DOWNSTREAM[k] then out[k] = v end
+      end
+      ctx.response = { status = status, headers = out, upstream_headers = headers }
+      metrics.add("moongate_attempts_total",
+        metrics.labels({ "target", ctx.target.name, "outcome", tostring(status) }), 1)
+      rv = plugins.run(chain, "on_response", ctx)
+      if rv == gw.RETRY and ctx.attempt < max_attempts then
+        att:close()
+        last_err = { kind = "status", status = status, target = ctx.target.name }
+        goto continue
+      end
+      if rv and rv ~= gw.RETRY then
+        att:close()
+        return send_respond(ctx, rv)
+      end
+
+      -- the answer goes to the client from here on: no failover after this
+      out["x-request-id"] = ctx.id
+      out["x-moongate-target"] = ctx.target.name
+      out["x-moongate-attempts"] = tostring(ctx.attempt)
+      local transform = #chain.on_chunk > 0
+      local length = -1
+      if not transform and not headers["content-encoding"] and headers["content-length"] then
+        length = tonumber(headers["content-length"]) or -1
+      end
+      local hs = upstream.serialize_headers(out)
+      local r = ctx._req
+      if C.mg_resp_start(r, status, hs, #hs, length) ~= 0 then
+        att:close()
+        return
+      end
+      local ok, dkind, dmsg
+      if transform then
+        att:stream()
+        while true do
+          local data
+          data, dkind, dmsg = att:read()
+          if not data then break end
+          local out_chunk = plugins.chunk(chain, ctx, data)
+          if out_chunk and #out_chunk > 0 then C.mg_resp_write(r, out_chunk, #out_chunk) end
+        end
+        ok = not dkind
+      else
+        att:pipe()
+        ok, dkind, dmsg = att:wait_done()
+      end
+      att:close()
+      if ok then
+        C.mg_resp_finish(r, 0)
+      elseif dkind ~= "client-closed" then
+        -- the provider failed after bytes reached the client: say so in the
+        -- stream's own format, then cut the connection (never a clean end)
+        gw.log("warn", "upstream", ctx.target.name, "failed mid-response:", dkind, dmsg)
+        ctx.error = { kind = dkind, message = dmsg, target = ctx.target.name }
+        local ct = headers["content-type"] or ""
+        if str_find(ct, "text/event-stream", 1, true) then
+          local ev = errors.stream_event(ctx.format, "upstream " .. ctx.target.name .. " failed: " .. tostring(dkind))
+          C.mg_resp_write(r, ev, #ev)
+        end
+        C.mg_resp_finish(r, 1)
+      end
+      return
+    end
+    ::continue::
+  end
+
+  -- every attempt failed
+  local e = last_err or {}
+  if e.kind == "timeout" then
+    return fail(ctx, 504, "upstream " .. tostring(e.target) .. " timed out", "upstream_timeout")
+  end
+  return fail(ctx, 502, "upstream " .. tostring(e.target) .. " failed: " ..
+    tostring(e.kind) .. (e.message and e.message ~= "" and (" (" .. e.message .. ")") or ""),
+    "upstream_error")
+end
+
+local function log_request(ctx)
+  local r = ctx._req
+  local status = C.mg_resp_status(r)
+  local now = C.mg_monotonic()
+  local dur = now - ctx.timings.start
+  ctx.timings.done = now
+  local route = ctx.route and ctx.route.name or ""
+  local backend = ctx.backend and ctx.backend.name or ""
+  local target = ctx.target and ctx.target.name or ""
+  metrics.add("moongate_requests_total", metrics.labels({ "route", route, "backend", backend,
+    "target", target, "code", status }), 1)
+  metrics.observe("moongate_request_duration_seconds", "", dur)
+  if ctx.timings.ttfb then metrics.observe("moongate_upstream_ttfb_seconds", "", ctx.timings.ttfb) end
+  if state.access_log then
+    local req = ctx.request
+    local line = format('%s %s "%s %s HTTP/1.%d" %d %d %.1fms id=%s route=%s target=%s attempts=%d\n',
+      os.date("!%Y-%m-%dT%H:%M:%SZ"), req.remote, req.method, req.target, req.http_minor,
+      status, tonumber(C.mg_resp_bytes(r)), dur * 1000, ctx.id, route ~= "" and route or "-",
+      target ~= "" and target or "-", ctx.attempt)
+    C.mg_access_write(line, #line)
+  end
+end
+
+local function pipeline(ctx)
+  local cfg = ctx.config
+  local req = ctx.request
+  if JSON_PATHS[req.path] and req.method == "POST" then
+    local doc = gw.json.decode(req.body)
+    if type(doc) ~= "table" then
+      return fail(ctx, 400, "request body is not valid JSON", "invalid_json")
+    end
+    req.json = doc
+    if type(doc.model) == "string" then req.model = doc.model end
+    req.stream = doc.stream == true
+  end
+  local chain = plugins.global(cfg)
+  local rv = plugins.run(chain, "on_route", ctx)
+  if rv then return send_respond(ctx, rv) end
+  if not ctx.route then
+    return fail(ctx, 404, "no route for " .. req.method .. " " .. req.path, "no_route")
+  end
+  chain = plugins.chain_for(cfg, ctx.route, ctx.backend)
+  ctx._chain = chain
+  rv = plugins.run(chain, "on_request", ctx)
+  if rv then return send_respond(ctx, rv) end
+  if not ctx.backend then
+    return fail(ctx, 404, "route " .. ctx.route.name .. " has no backend for this request", "no_backend")
+  end
+  return proxy(ctx, chain)
+end
+
+local idbuf = ffi.new("char[33]")
+
+local function serve_gateway(r, waiter)
+  local req = read_request(r)
+  local rid = req.headers["x-request-id"]
+  if not rid or rid == "" or #rid > 200 then
+    C.mg_request_id(idbuf)
+    rid = ffi_string(idbuf, 32)
+  end
+  local ctx = {
+    id = rid, request = req, format = errors.format_of(req.path), attempt = 0,
+    timings = { start = C.mg_req_start(r) }, vars = {}, config = state.cfg,
+    _req = r, _waiter = waiter,
+  }
+  ctx._alive = function() return C.mg_req_alive(r) == 1 end
+  ctx._write = function(data) return C.mg_resp_write(r, data, #data) end
+  ctx_of[co_running()] = ctx
+  gw._current = ctx
+  metrics.add("moongate_inflight", "", 1)
+
+  local ok, err = pcall(pipeline, ctx)
+  if not ok then
+    local who = ctx._plugin and ("plugin " .. ctx._plugin) or "the gateway"
+    gw.log("error", who .. " failed: " .. tostring(err))
+    if C.mg_resp_status(r) == 0 then
+      send_whole(ctx, 500, errors.body(ctx.format, 500, "internal error in " ..
+        (ctx._plugin and "a plugin" or "the gateway"), "internal_error"),
+        { ["content-type"] = "application/json" })
+    else
+      C.mg_resp_finish(r, 1)
+    end
+  elseif C.mg_resp_status(r) == 0 and C.mg_req_alive(r) == 1 then
+    fail(ctx, 500, "no response was produced", "internal_error")
+  end
+  metrics.add("moongate_inflight", "", -1)
+  ctx._plugin = nil
+  local chain = ctx._chain or plugins.global(ctx.config)
+  if #chain.on_log > 0 then
+    local lok, lerr = pcall(plugins.run, chain, "on_log", ctx)
+    if not lok then gw.log("error", "plugin " .. tostring(ctx._plugin) .. " failed in on_log: " .. tostring(lerr)) end
+  end
+  log_request(ctx)
+  C.mg_req_release(r)
+end
+
+-- ====================== admin listener ======================
+
+local function constant_time_eq(a, b)
+  if #a ~= #b then return false end
+  local diff = 0
+  for i = 1, #a do diff = bit.bor(diff, bit.bxor(a:byte(i), b:byte(i))) end
+  return diff == 0
+end
+
+local function admin_authorized(req, token)
+  local auth = req.headers["authorization"] or ""
+  local given = auth:match("^[Bb]earer%s+(.+)$")
+  return given ~= nil and token ~= nil and constant_time_eq(given, token)
+end
+
+local function admin_json(ctx, status, doc)
+  send_whole(ctx, status, gw.json.encode(doc), { ["content-type"] = "application/json" })
+end
+
+local function serve_admin(r)
+  local req = read_request(r)
+  C.mg_request_id(idbuf)
+  local ctx = { id = ffi_string(idbuf, 32), request = req, _req = r }
+  local cfg = state.cfg
+  local admin = cfg and cfg.admin or {}
+  local path = req.path
+  if path == "/health" then
+    admin_json(ctx, 200, { status = "ok" })
+  elseif path == "/ready" then
+    if state.ready and C.mg_stopping() == 0 then admin_json(ctx, 200, { status = "ready" })
+    else admin_json(ctx, 503, { status = "not ready" }) end
+  elseif path == "/metrics" then
+    if admin.protect_metrics and not admin_authorized(req, admin.token) then
+      admin_json(ctx, 401, { error = { message = "admin token required" } })
+    else
+      send_whole(ctx, 200, metrics.text(), { ["content-type"] = "text/plain; version=0.0.4" })
+    end
+  elseif str_sub(path, 1, 7) == "/admin/" or path == "/admin" then
+    if not admin.token then
+      admin_json(ctx, 404, { error = { message = "the admin API is off: set admin.token" } })
+    elseif not admin_authorized(req, admin.token) then
+      admin_json(ctx, 401, { error = { message = "missing or wrong admin token" } })
+    else
+      admin_json(ctx, 404, { error = { message = "no admin endpoint " .. req.method .. " " .. path } })
+    end
+  else
+    admin_json(ctx, 404, { error = { message = "not found" } })
+  end
+  C.mg_req_release(r)
+end
+
+-- ====================== mock provider server ======================
+
+local function serve_mock(r, waiter)
+  local mock = require("moongate.mock")
+  local req = read_request(r)
+  local ctx = { id = "mock", request = req, _req = r }
+  ctx_of[co_running()] = ctx
+  local ok, err = pcall(function()
+    local resp = mock.respond(state.mock_opts, { method = req.method, path = req.target,
+      headers = req.headers, body = req.body })
+    if resp.delay and resp.delay > 0 then gw.sleep(resp.delay) end
+    if C.mg_req_alive(r) ~= 1 then return end
+    if resp.body then
+      local hs = upstream.serialize_headers(resp.headers)
+      C.mg_resp_start(r, resp.status, hs, #hs, #resp.body)
+      C.mg_resp_write(r, resp.body, #resp.body)
+      C.mg_resp_finish(r, 0)
+      return
+    end
+    local hs = upstream.serialize_headers(resp.headers)
+    C.mg_resp_start(r, resp.status, hs, #hs, -1)
+    for i, ev in ipairs(resp.events) do
+      if i > 1 and resp.interval and resp.interval > 0 then gw.sleep(resp.interval) end
+      if C.mg_req_alive(r) ~= 1 then return end
+      C.mg_resp_write(r, ev, #ev)
+    end
+    C.mg_resp_finish(r, 0)
+  end)
+  if not ok then
+    gw.log("error", "mock: " .. tostring(err))
+    if C.mg_resp_status(r) == 0 then
+      send_whole(ctx, 500, '{"error":{"message":"mock failed","type":"server_error"}}',
+        { ["content-type"] = "application/json" })
+    end
+  end
+  C.mg_resp_finish(r, 0)
+  C.mg_req_release(r)
+end
+
+function _M.serve(r, app)
+  local waiter = waiter_of[co_running()]
+  if app == APP_GATEWAY then return serve_gateway(r, waiter) end
+  if app == APP_ADMIN then return serve_admin(r) end
+  return serve_mock(r, waiter)
+end
+
+-- ====================== start-up ======================
+
+local function listen(addr, app)
+  local err = mgffi.errbuf
+  local port = C.mg_listen(addr.host, addr.port, app, err, 256)
+  if port < 0 then return nil, ffi_string(err) end
+  return port
+end
+
+local function plugin_dirs(home)
+  return { home .. "/plugins" }
+end
+
+local function init_run(opts)
+  local cfg, errs = config.load(opts.config, { plugin_dirs = plugin_dirs(opts.home) })
+  if not cfg then
+    for _, e in ipairs(errs) do io.stderr:write(e, "\n") end
+    return 1
+  end
+  local l = cfg.limits
+  C.mg_set_limits(l.max_body, l.max_header, l.max_connections, l.header_timeout,
+    l.idle_timeout, cfg.shutdown_timeout)
+  if cfg.access_log then
+    local rc = C.mg_access_log(cfg.access_log)
+    if rc ~= 0 then
+      io.stderr:write("access_log: cannot open ", cfg.access_log, "\n")
+      return 1
+    end
+    state.access_log = true
+  end
+  metrics.init()
+  state.cfg = cfg
+  for i, addr in ipairs(cfg.listen) do
+    if addr.tls then
+      io.stderr:write("listen[", i, "].tls: TLS listeners are not available yet\n")
+      return 1
+    end
+    local port, err = listen(addr, APP_GATEWAY)
+    if not port then
+      io.stderr:write("listen[", i, "]: ", err, "\n")
+      return 1
+    end
+    gw.log("info", "listening on " .. addr.host .. ":" .. port)
+  end
+  if cfg.admin and cfg.admin.listen then
+    local port, err = listen(cfg.admin.listen, APP_ADMIN)
+    if not port then
+      io.stderr:write("admin.listen: ", err, "\n")
+      return 1
+    end
+    gw.log("info", "admin on " .. cfg.admin.listen.host .. ":" .. port)
+  end
+  state.ready = true
+  return 0
+end
+
+local function init_check(opts)
+  local cfg, errs = config.load(opts.config, { plugin_dirs = plugin_dirs(opts.home) })
+  if not cfg then
+    for _, e in ipairs(errs) do io.stdout:write(e, "\n") end
+    return 1
+  end
+  io.stdout:write("ok\n")
+  return 0
+end
+
+local function init_mock(opts)
+  local mock = require("moongate.mock")
+  local mopts, listen_addr = mock.parse_args(opts.argv or {})
+  if not mopts then
+    io.stderr:write("moongate mock: ", tostring(listen_addr), "\n", mock.usage_text(), "\n")
+    return 2
+  end
+  if mopts.help then
+    io.stdout:write(mock.usage_text(), "\n")
+    return 3
+  end
+  math.randomseed(os.time() + math.floor(C.mg_monotonic() * 1000))
+  state.mock_opts = mopts
+  local units = require("moongate.units")
+  local addr, aerr = units.address(listen_addr)
+  if not addr then
+    io.stderr:write("moongate mock: --listen: ", tostring(aerr), "\n")
+    return 2
+  end
+  C.mg_set_limits(64 * 1048576, 64 * 1024, 10000, 30, 60, 5)
+  local port, err = listen(addr, APP_MOCK)
+  if not port then
+    io.stderr:write("moongate mock: ", err, "\n")
+    return 1
+  end
+  io.stdout:write("moongate mock listening on ", addr.host, ":", port, "\n")
+  io.stdout:flush()
+  return 0
+end
+
+-- init(opts) -> exit code; 0 means "run the loop". opts: home, config, mode, argv
+function _M.init(opts)
+  state.mode = opts.mode
+  _G.gw = gw
+  package.loaded.gw = gw
+  if opts.mode == "check" then return init_check(opts) end
+  if opts.mode == "mock" then
+    local rc = init_mock(opts)
+    if rc == 3 then return 0 end
+    return rc
+  end
+  return init_run(opts)
+end
+
+return _M

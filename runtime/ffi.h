@@ -1,0 +1,92 @@
+/* ffi.h — every C function Lua calls, in one place.
+ *
+ * lua/moongate/ffi.lua declares exactly these signatures with ffi.cdef; keep
+ * the two in step (spec/c/test_ffi.c checks that every name declared there
+ * resolves). The style is lua-resty-core's: flat functions with an mg_ prefix,
+ * plain C types, results as return codes plus out-parameters. None of them
+ * calls back into Lua. */
+#ifndef MG_FFI_H
+#define MG_FFI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "worker.h"
+
+#define MG_EXPORT __attribute__((visibility("default")))
+
+/* -- the request a client sent -------------------------------------------- */
+MG_EXPORT const char *mg_req_method(mg_req_t *r, size_t *len);
+MG_EXPORT const char *mg_req_target(mg_req_t *r, size_t *len);   /* path and query as sent */
+MG_EXPORT int         mg_req_header_count(mg_req_t *r);
+MG_EXPORT int         mg_req_header(mg_req_t *r, int i, const char **name, size_t *nlen,
+                                    const char **val, size_t *vlen);  /* names lower case */
+MG_EXPORT const char *mg_req_body(mg_req_t *r, size_t *len);
+MG_EXPORT const char *mg_req_remote(mg_req_t *r);
+MG_EXPORT int         mg_req_http_minor(mg_req_t *r);
+MG_EXPORT int         mg_req_alive(mg_req_t *r);        /* 1 while the client is connected */
+MG_EXPORT double      mg_req_start(mg_req_t *r);        /* monotonic seconds at arrival */
+MG_EXPORT void        mg_req_release(mg_req_t *r);      /* Lua is done with it */
+
+/* -- the response --------------------------------------------------------- */
+/* headers: "name: value\r\n"... without the status line, the length framing or
+ * Connection (added here). content_length < 0 streams the body (chunked, or
+ * close-delimited for HTTP/1.0). Returns 0, or -1 when headers were sent already
+ * or the client is gone. */
+MG_EXPORT int mg_resp_start(mg_req_t *r, int status, const char *headers, size_t hlen,
+                            int64_t content_length);
+MG_EXPORT int mg_resp_write(mg_req_t *r, const char *data, size_t len);
+/* Ends the response. abort != 0 closes the connection without the terminating
+ * chunk, so the client sees a cut response and never a clean end. */
+MG_EXPORT int mg_resp_finish(mg_req_t *r, int abort);
+MG_EXPORT int mg_resp_status(mg_req_t *r);                 /* 0 before headers */
+MG_EXPORT uint64_t mg_resp_bytes(mg_req_t *r);
+
+/* -- upstream transfers --------------------------------------------------- */
+/* Starts a transfer; events for it go to `waiter`. `owner` (may be NULL) is the
+ * client request it serves: it is aborted with MG_ECLIENT if that client leaves.
+ * headers: "name: value\r\n"...; the body is copied. Timeouts in seconds, 0 for
+ * none. ca_file NULL for the system store. Returns NULL with err filled on error. */
+MG_EXPORT mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method,
+                               const char *url, const char *headers, size_t hlen,
+                               const char *body, size_t blen, double connect_timeout,
+                               double timeout, const char *ca_file, int insecure,
+                               char *err, size_t errlen);
+MG_EXPORT int      mg_up_status(mg_up_t *u);
+MG_EXPORT int      mg_up_header_count(mg_up_t *u);
+MG_EXPORT int      mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen,
+                                const char **val, size_t *vlen);
+/* After MG_EV_UP_HEADERS, say where the body goes: mg_up_pipe() writes it to
+ * the owner's client as it arrives (the response must have been started);
+ * mg_up_stream() hands it to Lua as MG_EV_UP_DATA events. */
+MG_EXPORT int      mg_up_pipe(mg_up_t *u);
+MG_EXPORT int      mg_up_stream(mg_up_t *u);
+MG_EXPORT const char *mg_up_errmsg(mg_up_t *u);
+MG_EXPORT double   mg_up_ttfb(mg_up_t *u);      /* seconds from start to first header byte */
+MG_EXPORT void     mg_up_free(mg_up_t *u);      /* aborts if running; no event follows */
+
+/* -- time, sleep, logs, ids ----------------------------------------------- */
+MG_EXPORT double mg_now(void);          /* wall clock, seconds */
+MG_EXPORT double mg_monotonic(void);
+MG_EXPORT int    mg_sleep(int64_t waiter, double seconds);
+MG_EXPORT void   mg_log_write(int level, const char *msg, size_t len);
+MG_EXPORT void   mg_access_write(const char *line, size_t len);
+MG_EXPORT void   mg_request_id(char out[33]);   /* 32 hex chars + NUL */
+MG_EXPORT int    mg_stopping(void);
+
+/* -- set-up, called by lua/moongate/runtime.lua at start ------------------ */
+/* Opens a listener for app (MG_APP_*); returns the bound port or -1 with err. */
+MG_EXPORT int  mg_listen(const char *host, int port, int app, char *err, size_t errlen);
+MG_EXPORT void mg_set_limits(double max_body, double max_header, int max_connections,
+                             double header_timeout, double idle_timeout, double shutdown_timeout);
+MG_EXPORT int  mg_access_log(const char *target);   /* NULL: off; 0 or -errno */
+
+/* -- metrics (metrics.c) -------------------------------------------------- */
+MG_EXPORT int  mg_metric_declare(const char *name, int type, const char *help,
+                                 const double *buckets, int nbuckets);
+MG_EXPORT void mg_metric_add(int id, const char *labels, size_t llen, double v);
+MG_EXPORT void mg_metric_set(int id, const char *labels, size_t llen, double v);
+MG_EXPORT void mg_metric_observe(int id, const char *labels, size_t llen, double v);
+MG_EXPORT const char *mg_metrics_text(size_t *len);   /* Prometheus text format */
+
+#endif

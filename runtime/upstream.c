@@ -1,0 +1,623 @@
+/* upstream.c — upstream transfers on libcurl multi + libuv (see upstream.h).
+ *
+ * This is the one file that talks to libcurl: CURLcode becomes an MG_E* code
+ * here and nowhere else.
+ *
+ * Body bytes take one of three paths:
+ *  - before Lua has seen the headers they wait in u->inbuf (capped; beyond
+ *    the cap the transfer is paused, so memory stays bounded);
+ *  - pipe mode writes them straight to the client's socket (no Lua per chunk),
+ *    pausing the transfer while the client's unsent queue is large;
+ *  - stream mode hands them to Lua, again pausing above the cap.
+ * Back-pressure therefore always ends in curl_easy_pause(), which stops
+ * reading from the provider's socket. */
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ffi.h"
+#include "log.h"
+#include "upstream.h"
+
+#define INBUF_CAP (256 * 1024)
+#define EASY_POOL 64
+
+enum { MODE_UNDECIDED = 0, MODE_PIPE = 1, MODE_STREAM = 2 };
+
+struct mg_multi {
+    uv_timer_t   timer;        /* first: closing it frees the struct */
+    CURLM       *multi;
+    mg_worker_t *w;
+    CURL        *pool[EASY_POOL];
+    int          npool;
+    int          active;
+};
+
+typedef struct {
+    uv_poll_t     poll;
+    curl_socket_t fd;
+    mg_multi_t   *m;
+} sock_t;
+
+struct mg_up {
+    CURL              *easy;
+    mg_multi_t        *m;
+    int64_t            waiter;
+    mg_req_t          *owner;
+    mg_up_t           *onext, *oprev;      /* owner's list */
+    struct curl_slist *hout;
+    mg_buf_t           bout;
+    double             t_start;
+    double             ttfb;
+
+    int                status;
+    mg_buf_t           hbuf;
+    mg_hdr_t          *hdrs;
+    int                nhdrs, hcap;
+    int                in_headers;         /* saw a status line, not yet the blank line */
+
+    mg_buf_t           inbuf;
+    int                mode;
+    unsigned           running : 1;
+    unsigned           headers_done : 1;
+    unsigned           headers_told : 1;
+    unsigned           done : 1;
+    unsigned           done_told : 1;
+    unsigned           paused : 1;
+    unsigned           aborted : 1;
+    unsigned           in_cb : 1;
+    unsigned           wake_queued : 1;
+    unsigned           freed : 1;
+    unsigned           delivering : 1;
+    int                refs;
+    int                result;
+    char               errbuf[CURL_ERROR_SIZE];
+};
+
+static void check_done(mg_multi_t *m);
+
+/* ======================== errors ======================== */
+
+static int map_result(mg_up_t *u, CURLcode rc)
+{
+    if (u->aborted) return MG_ECLIENT;
+    switch (rc) {
+    case CURLE_OK:
+        return MG_OK;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return MG_ECONNECT;
+    case CURLE_OPERATION_TIMEDOUT:
+        return MG_ETIMEDOUT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+        return MG_ETLS;
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+        return MG_ERESET;
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        return MG_EPROTO;
+    default:
+        return MG_EOTHER;
+    }
+}
+
+const char *mg_up_result_name(int result)
+{
+    switch (result) {
+    case MG_OK:        return "ok";
+    case MG_ECONNECT:  return "connect-failure";
+    case MG_ETIMEDOUT: return "timeout";
+    case MG_ERESET:    return "reset";
+    case MG_ETLS:      return "tls";
+    case MG_ECLIENT:   return "client-closed";
+    case MG_EPROTO:    return "malformed";
+    default:           return "error";
+    }
+}
+
+/* ======================== waking Lua ======================== */
+
+static void up_unref(mg_up_t *u);
+
+static void wake(mg_up_t *u)
+{
+    if (u->wake_queued || u->freed) return;
+    u->wake_queued = 1;
+    mg_worker_queue(u->m->w, MG_EV_UP_WAKE, u->waiter, u, 0);
+}
+
+static void unpause(mg_up_t *u)
+{
+    if (!u->paused || !u->running) return;
+    u->paused = 0;
+    curl_easy_pause(u->easy, CURLPAUSE_CONT);
+    /* unpausing may have delivered data or finished the transfer */
+    check_done(u->m);
+}
+
+/* Write what waits in inbuf to the client (pipe mode). */
+static void pipe_flush(mg_up_t *u)
+{
+    if (u->inbuf.len == 0 || u->owner == NULL) return;
+    mg_resp_write(u->owner, u->inbuf.data, u->inbuf.len);
+    mg_buf_reset(&u->inbuf);
+}
+
+/* Called from the drain for a queued wake: tell Lua what is next, in order.
+ * Lua may free the transfer while it handles an event; the extra reference
+ * taken around each call keeps the memory valid until we have looked. */
+void mg_up_deliver(mg_worker_t *w, mg_up_t *u)
+{
+    u->wake_queued = 0;
+    while (!u->freed) {
+        mg_event_t ev = { 0, 0, u->waiter, u };
+        if (!u->headers_told && (u->headers_done || u->done)) {
+            u->headers_told = 1;
+            if (u->headers_done) {
+                ev.kind = MG_EV_UP_HEADERS;
+                ev.arg = u->status;
+            } else {
+                u->done_told = 1;
+                ev.kind = MG_EV_UP_DONE;
+                ev.arg = u->result == MG_OK ? MG_EPROTO : u->result;
+            }
+        } else if (u->headers_told && u->mode == MODE_STREAM && u->inbuf.len > 0) {
+            ev.kind = MG_EV_UP_DATA;
+        } else if (u->headers_told && u->mode != MODE_UNDECIDED && u->done && !u->done_told) {
+            u->done_told = 1;
+            ev.kind = MG_EV_UP_DONE;
+            ev.arg = u->result;
+        } else {
+            return;
+        }
+        u->refs++;
+        u->delivering = 1;
+        mg_lua_event(w, &ev);
+        u->delivering = 0;
+        if (u->freed) {
+            up_unref(u);
+            return;
+        }
+        u->refs--;
+        if (ev.kind == MG_EV_UP_DATA) {
+            /* Lua took the bytes: make room and let the provider send more */
+            mg_buf_reset(&u->inbuf);
+            if (u->owner == NULL || u->owner->conn == NULL ||
+                mg_conn_write_queue_small(u->owner->conn))
+                unpause(u);
+        }
+    }
+}
+
+const char *mg_up_data(mg_up_t *u, size_t *len)
+{
+    *len = u->inbuf.len;
+    return u->inbuf.data ? u->inbuf.data : "";
+}
+
+/* ======================== curl callbacks ======================== */
+
+static size_t on_header(char *buf, size_t size, size_t n, void *ud)
+{
+    mg_up_t *u = ud;
+    size_t len = size * n;
+    if (u->ttfb == 0) u->ttfb = mg_monotonic() - u->t_start;
+    if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
+        /* a status line starts a new header section (1xx, redirects, the final one) */
+        const char *sp = memchr(buf, ' ', len);
+        u->status = sp ? atoi(sp + 1) : 0;
+        u->nhdrs = 0;
+        mg_buf_reset(&u->hbuf);
+        u->in_headers = 1;
+        return len;
+    }
+    if (!u->in_headers) return len;      /* trailers */
+    if (len <= 2 && (buf[0] == '\r' || buf[0] == '\n')) {
+        u->in_headers = 0;
+        if (u->status >= 200) {
+            u->headers_done = 1;
+            wake(u);
+        }
+        return len;
+    }
+    const char *colon = memchr(buf, ':', len);
+    if (colon == NULL) return len;
+    size_t nlen = (size_t)(colon - buf);
+    const char *v = colon + 1;
+    const char *end = buf + len;
+    while (v < end && (*v == ' ' || *v == '\t')) v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t')) end--;
+    if (u->nhdrs == u->hcap) {
+        u->hcap = u->hcap ? u->hcap * 2 : 16;
+        u->hdrs = mg_xrealloc(u->hdrs, (size_t)u->hcap * sizeof *u->hdrs);
+    }
+    mg_hdr_t *h = &u->hdrs[u->nhdrs++];
+    h->name_off = (uint32_t)u->hbuf.len;
+    h->name_len = (uint32_t)nlen;
+    mg_buf_append(&u->hbuf, buf, nlen);
+    for (size_t i = 0; i < nlen; i++) {
+        char ch = u->hbuf.data[h->name_off + i];
+        if (ch >= 'A' && ch <= 'Z') u->hbuf.data[h->name_off + i] = (char)(ch + 32);
+    }
+    h->val_off = (uint32_t)u->hbuf.len;
+    h->val_len = (uint32_t)(end - v);
+    mg_buf_append(&u->hbuf, v, (size_t)(end - v));
+    return len;
+}
+
+static size_t on_write(char *data, size_t size, size_t n, void *ud)
+{
+    mg_up_t *u = ud;
+    size_t len = size * n;
+    if (u->aborted) return 0;
+    if (u->mode == MODE_PIPE) {
+        mg_req_t *r = u->owner;
+        if (r == NULL || r->conn == NULL) return 0;
+        if (!mg_conn_write_queue_small(r->conn)) {
+            u->paused = 1;
+            return CURL_WRITEFUNC_PAUSE;
+        }
+        u->in_cb = 1;
+        int rc = mg_resp_write(r, data, len);
+        u->in_cb = 0;
+        if (rc < 0 || u->aborted) return 0;
+        return len;
+    }
+    if (u->inbuf.len + len > INBUF_CAP && u->inbuf.len > 0) {
+        u->paused = 1;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    mg_buf_append(&u->inbuf, data, len);
+    if (u->mode == MODE_STREAM) wake(u);
+    return len;
+}
+
+/* ======================== the multi handle on libuv ======================== */
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    sock_t *s = p->data;
+    int flags = 0;
+    if (status < 0) flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+    int running;
+    curl_multi_socket_action(s->m->multi, s->fd, flags, &running);
+    check_done(s->m);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    mg_multi_t *m = t->data;
+    int running;
+    curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(m);
+}
+
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *ud)
+{
+    mg_multi_t *m = ud;
+    if (timeout_ms < 0) uv_timer_stop(&m->timer);
+    else uv_timer_start(&m->timer, on_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
+{
+    mg_multi_t *m = ud;
+    sock_t *s = sockp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s != NULL) {
+            uv_poll_stop(&s->poll);
+            uv_close((uv_handle_t *)&s->poll, (uv_close_cb)free);
+            curl_multi_assign(m->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (s == NULL) {
+        s = mg_xcalloc(1, sizeof *s);
+        s->fd = fd;
+        s->m = m;
+        if (uv_poll_init_socket(&m->w->loop, &s->poll, fd) != 0) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        curl_multi_assign(m->multi, fd, s);
+    }
+    int events = 0;
+    if (what & CURL_POLL_IN) events |= UV_READABLE;
+    if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, on_poll);
+    return 0;
+}
+
+static void check_done(mg_multi_t *m)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        mg_up_t *u = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&u);
+        CURLcode rc = msg->data.result;
+        curl_multi_remove_handle(m->multi, msg->easy_handle);
+        if (u == NULL) continue;
+        u->running = 0;
+        m->active--;
+        u->done = 1;
+        u->result = map_result(u, rc);
+        if (u->result != MG_OK && u->errbuf[0] == '\0')
+            snprintf(u->errbuf, sizeof u->errbuf, "%s", curl_easy_strerror(rc));
+        wake(u);
+    }
+}
+
+int mg_multi_init(mg_worker_t *w)
+{
+    mg_multi_t *m = mg_xcalloc(1, sizeof *m);
+    m->w = w;
+    m->multi = curl_multi_init();
+    if (m->multi == NULL) {
+        free(m);
+        return -1;
+    }
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
+    /* keep enough idle connections to providers for reuse under load */
+    curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    uv_timer_init(&w->loop, &m->timer);
+    m->timer.data = m;
+    w->multi = m;
+    return 0;
+}
+
+void mg_multi_close(mg_worker_t *w)
+{
+    mg_multi_t *m = w->multi;
+    if (m == NULL) return;
+    for (int i = 0; i < m->npool; i++) curl_easy_cleanup(m->pool[i]);
+    curl_multi_cleanup(m->multi);
+    uv_close((uv_handle_t *)&m->timer, (uv_close_cb)free);
+    w->multi = NULL;
+}
+
+int mg_multi_active(mg_worker_t *w)
+{
+    return w->multi ? w->multi->active : 0;
+}
+
+/* ======================== transfers ======================== */
+
+static void owner_link(mg_up_t *u, mg_req_t *r)
+{
+    u->owner = r;
+    mg_req_retain(r);
+    u->onext = r->ups;
+    if (r->ups) r->ups->oprev = u;
+    r->ups = u;
+}
+
+static void owner_unlink(mg_up_t *u)
+{
+    mg_req_t *r = u->owner;
+    if (r == NULL) return;
+    if (u->oprev) u->oprev->onext = u->onext;
+    else r->ups = u->onext;
+    if (u->onext) u->onext->oprev = u->oprev;
+    u->owner = NULL;
+    u->onext = u->oprev = NULL;
+    mg_req_unref(r);
+}
+
+static void stop_transfer(mg_up_t *u)
+{
+    if (!u->running) return;
+    curl_multi_remove_handle(u->m->multi, u->easy);
+    u->running = 0;
+    u->m->active--;
+}
+
+static void up_unref(mg_up_t *u)
+{
+    if (--u->refs > 0) return;
+    mg_multi_t *m = u->m;
+    if (u->easy) {
+        if (m->npool < EASY_POOL) {
+            curl_easy_reset(u->easy);
+            m->pool[m->npool++] = u->easy;
+        } else {
+            curl_easy_cleanup(u->easy);
+        }
+    }
+    curl_slist_free_all(u->hout);
+    mg_buf_free(&u->bout);
+    mg_buf_free(&u->hbuf);
+    mg_buf_free(&u->inbuf);
+    free(u->hdrs);
+    free(u);
+}
+
+mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const char *url,
+                     const char *headers, size_t hlen, const char *body, size_t blen,
+                     double connect_timeout, double timeout, const char *ca_file, int insecure,
+                     char *err, size_t errlen)
+{
+    mg_worker_t *w = mg_current;
+    mg_multi_t *m = w->multi;
+    mg_up_t *u = mg_xcalloc(1, sizeof *u);
+    u->m = m;
+    u->waiter = waiter;
+    u->refs = 1;
+    u->t_start = mg_monotonic();
+    u->easy = m->npool > 0 ? m->pool[--m->npool] : curl_easy_init();
+    if (u->easy == NULL) {
+        snprintf(err, errlen, "cannot create a transfer");
+        free(u);
+        return NULL;
+    }
+    CURL *e = u->easy;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, u);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, u->errbuf);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, u);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, u);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* decoded bodies: plugins read usage from them; the client gets identity */
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (connect_timeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
+    if (timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    if (ca_file != NULL && ca_file[0] != '\0') curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+    if (insecure) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+
+    /* headers: one "name: value\r\n" per line */
+    const char *p = headers, *end = headers + hlen;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        size_t l = eol ? (size_t)(eol - p) : (size_t)(end - p);
+        size_t tl = l;
+        if (tl > 0 && p[tl - 1] == '\r') tl--;
+        if (tl > 0) {
+            char *line = mg_xstrndup(p, tl);
+            struct curl_slist *nl = curl_slist_append(u->hout, line);
+            free(line);
+            if (nl != NULL) u->hout = nl;
+        }
+        p += l + 1;
+    }
+    /* curl adds these unless told not to: we send exactly what Lua asked for */
+    u->hout = curl_slist_append(u->hout, "Expect:");
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->hout);
+
+    if (strcmp(method, "GET") == 0) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else {
+        mg_buf_init(&u->bout);
+        mg_buf_append(&u->bout, body, blen);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, u->bout.data ? u->bout.data : "");
+        if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
+    if (owner != NULL) owner_link(u, owner);
+
+    CURLMcode mc = curl_multi_add_handle(m->multi, e);
+    if (mc != CURLM_OK) {
+        snprintf(err, errlen, "%s", curl_multi_strerror(mc));
+        owner_unlink(u);
+        u->refs = 1;
+        up_unref(u);
+        return NULL;
+    }
+    u->running = 1;
+    m->active++;
+    return u;
+}
+
+int mg_up_status(mg_up_t *u)
+{
+    return u->status;
+}
+
+int mg_up_header_count(mg_up_t *u)
+{
+    return u->nhdrs;
+}
+
+int mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen, const char **val,
+                 size_t *vlen)
+{
+    if (i < 0 || i >= u->nhdrs) return -1;
+    mg_hdr_t *h = &u->hdrs[i];
+    *name = u->hbuf.data + h->name_off;
+    *nlen = h->name_len;
+    *val = h->val_len ? u->hbuf.data + h->val_off : "";
+    *vlen = h->val_len;
+    return 0;
+}
+
+int mg_up_pipe(mg_up_t *u)
+{
+    if (u->owner == NULL || u->mode != MODE_UNDECIDED) return -1;
+    u->mode = MODE_PIPE;
+    pipe_flush(u);
+    if (u->done) wake(u);
+    else if (u->owner->conn == NULL || mg_conn_write_queue_small(u->owner->conn)) unpause(u);
+    return 0;
+}
+
+int mg_up_stream(mg_up_t *u)
+{
+    if (u->mode != MODE_UNDECIDED) return -1;
+    u->mode = MODE_STREAM;
+    if (u->inbuf.len > 0 || u->done) wake(u);
+    return 0;
+}
+
+const char *mg_up_errmsg(mg_up_t *u)
+{
+    return u->errbuf;
+}
+
+double mg_up_ttfb(mg_up_t *u)
+{
+    return u->ttfb;
+}
+
+void mg_up_free(mg_up_t *u)
+{
+    if (u->freed) return;
+    u->freed = 1;
+    if (u->in_cb) u->aborted = 1;
+    else stop_transfer(u);
+    owner_unlink(u);
+    if (u->wake_queued) mg_worker_unqueue_ptr(u->m->w, u);
+    u->wake_queued = 0;
+    up_unref(u);
+}
+
+void mg_up_abort_owned(mg_req_t *r)
+{
+    for (mg_up_t *u = r->ups; u != NULL; u = u->onext) {
+        if (u->done) continue;
+        u->aborted = 1;
+        if (u->in_cb) continue;          /* on_write returns 0 and curl ends it */
+        stop_transfer(u);
+        u->done = 1;
+        u->result = MG_ECLIENT;
+        wake(u);
+    }
+}
+
+void mg_up_client_drained(mg_req_t *r)
+{
+    for (mg_up_t *u = r->ups; u != NULL; u = u->onext) {
+        if (u->paused && (u->mode == MODE_PIPE || u->inbuf.len == 0)) unpause(u);
+    }
+}

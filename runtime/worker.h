@@ -1,0 +1,191 @@
+/* worker.h — the types one worker's event loop is made of.
+ *
+ * A worker is one thread with its own libuv loop, LuaJIT state and curl multi
+ * handle. Every object here belongs to exactly one worker and is only touched
+ * from its thread. (One worker for now; several come with the workers issue.)
+ *
+ * The one rule that keeps C and Lua apart: C enters Lua only from the worker's
+ * event drain (mg_worker_drain), never from inside a call Lua made into C. A
+ * C function called from Lua that produces something Lua must hear about
+ * (a new pipelined request, an aborted transfer) queues an event instead. */
+#ifndef MG_WORKER_H
+#define MG_WORKER_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <uv.h>
+#include <llhttp.h>
+
+#include "buf.h"
+
+typedef struct mg_worker   mg_worker_t;
+typedef struct mg_conn     mg_conn_t;
+typedef struct mg_req      mg_req_t;
+typedef struct mg_up       mg_up_t;
+typedef struct mg_multi    mg_multi_t;
+typedef struct mg_listener mg_listener_t;
+
+/* What a listener serves. The number is passed to Lua with each request. */
+enum {
+    MG_APP_GATEWAY = 1,
+    MG_APP_ADMIN   = 2,
+    MG_APP_MOCK    = 3,
+};
+
+/* Events Lua hears about (lua/moongate/runtime.lua has the same numbers). */
+enum {
+    MG_EV_REQUEST    = 1,   /* ptr = mg_req_t*, arg = app */
+    MG_EV_UP_HEADERS = 2,   /* ptr = mg_up_t*, arg = status */
+    MG_EV_UP_DATA    = 3,   /* ptr = mg_up_t*, body bytes passed as a string */
+    MG_EV_UP_DONE    = 4,   /* ptr = mg_up_t*, arg = MG_OK or an MG_E* code */
+    MG_EV_TIMER      = 5,   /* waiter's sleep is over */
+    /* C-only events, handled without entering Lua */
+    MG_EV_CONN_RESUME = 100, /* ptr = mg_conn_t*: parse what was pipelined */
+    MG_EV_UP_WAKE     = 101  /* ptr = mg_up_t*: tell Lua what the transfer has next */
+};
+
+/* Result codes of an upstream transfer, converted from CURLcode in upstream.c. */
+enum {
+    MG_OK        = 0,
+    MG_ECONNECT  = -1,   /* "connect-failure" */
+    MG_ETIMEDOUT = -2,   /* "timeout" */
+    MG_ERESET    = -3,   /* "reset" */
+    MG_ETLS      = -4,   /* "tls" */
+    MG_ECLIENT   = -5,   /* the client went away; the transfer was aborted */
+    MG_EPROTO    = -6,   /* a malformed answer */
+    MG_EOTHER    = -7,
+};
+
+typedef struct mg_limits {
+    size_t   max_body;
+    size_t   max_header;
+    int      max_connections;
+    uint64_t header_timeout_ms;
+    uint64_t idle_timeout_ms;
+} mg_limits_t;
+
+typedef struct mg_event {
+    int      kind;
+    int      arg;
+    int64_t  waiter;
+    void    *ptr;
+} mg_event_t;
+
+struct mg_listener {
+    uv_tcp_t     tcp;
+    mg_worker_t *w;
+    int          app;
+    int          port;          /* the bound port (useful with port 0) */
+    char         address[80];
+};
+
+struct mg_worker {
+    uv_loop_t       loop;
+    struct lua_State *L;
+    int             lua_event_ref;  /* registry ref of runtime.event */
+    mg_multi_t     *multi;
+    mg_limits_t     limits;
+
+    mg_listener_t  *listeners[16];
+    int             nlisteners;
+
+    /* event queue, drained from a uv_check with a uv_idle keeping poll from blocking */
+    mg_event_t     *ev;
+    size_t          ev_head, ev_len, ev_cap;
+    uv_idle_t       idle;
+    uv_check_t      check;
+    int             draining_events;
+
+    mg_conn_t      *conns;           /* all open client connections */
+    int             nconns;
+    int64_t         inflight;        /* requests handed to Lua and not yet released */
+
+    int             stopping;        /* SIGTERM seen: no new connections or requests */
+    double          shutdown_timeout;
+    uv_timer_t      shutdown_timer;
+    uv_signal_t     signals[5];
+    int             exit_code;
+
+    char            read_buf[65536]; /* shared: everything read is parsed at once */
+};
+
+struct mg_conn {
+    uv_tcp_t       tcp;              /* first: the handle's address is the conn's */
+    mg_worker_t   *w;
+    mg_conn_t     *prev, *next;
+    int            app;
+    llhttp_t       parser;
+    uv_timer_t     timer;
+
+    mg_req_t      *req;              /* the request being read or served */
+    mg_buf_t       pending;          /* bytes read past a complete request (pipelining) */
+
+    size_t         head_bytes;       /* size of the current header section */
+    int            last_was_value;   /* llhttp header field/value state */
+    unsigned       reading : 1;
+    unsigned       paused : 1;       /* parser paused on a complete request */
+    unsigned       closing : 1;
+    unsigned       close_after : 1;  /* close once the response is written */
+    unsigned       shutdown_sent : 1;
+    char           remote[64];
+};
+
+typedef struct mg_hdr {
+    uint32_t name_off, name_len, val_off, val_len;
+} mg_hdr_t;
+
+struct mg_req {
+    mg_worker_t   *w;
+    mg_conn_t     *conn;             /* NULL once the client is gone */
+    int            refs;
+    int            app;
+    double         start;            /* monotonic seconds */
+
+    /* what the client sent */
+    int            method;           /* llhttp_method_t */
+    int            http_minor;
+    int            keepalive;
+    mg_buf_t       head;             /* url and header bytes; offsets below point in here */
+    uint32_t       url_off, url_len;
+    mg_hdr_t      *hdrs;
+    int            nhdrs, hdrs_cap;
+    mg_buf_t       body;
+    int            complete;
+
+    /* what it gets back */
+    int            status;           /* 0 until headers were sent */
+    int            chunked;
+    int            finished;
+    uint64_t       bytes_out;
+
+    mg_up_t       *ups;              /* transfers this request owns */
+};
+
+/* worker.c */
+extern __thread mg_worker_t *mg_current;
+int  mg_worker_init(mg_worker_t *w);
+void mg_worker_queue(mg_worker_t *w, int kind, int64_t waiter, void *ptr, int arg);
+void mg_worker_unqueue_ptr(mg_worker_t *w, void *ptr);  /* drop events for a freed object */
+int  mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char *err, size_t errlen);
+void mg_worker_stop_accepting(mg_worker_t *w);
+void mg_worker_maybe_exit(mg_worker_t *w);
+int  mg_worker_run(mg_worker_t *w);
+void mg_worker_close(mg_worker_t *w);
+
+/* http.c — client side HTTP/1.1 */
+void mg_http_on_accept(uv_stream_t *server, int status);
+void mg_conn_resume(mg_conn_t *c);
+void mg_conn_close(mg_conn_t *c);
+void mg_conn_close_idle(mg_worker_t *w);
+void mg_conn_close_all(mg_worker_t *w);
+void mg_req_retain(mg_req_t *r);
+void mg_req_unref(mg_req_t *r);
+int  mg_conn_write_queue_small(mg_conn_t *c);
+
+/* lbridge.c */
+int  mg_lua_init(mg_worker_t *w, const char *home, const char *config_path, const char *mode,
+                 int argc, char **argv);
+void mg_lua_event(mg_worker_t *w, const mg_event_t *ev);
+void mg_lua_close(mg_worker_t *w);
+
+#endif

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages moongate's build and tests need.
+#   scripts/deps.sh          build + unit/integration test dependencies
+#   scripts/deps.sh --test   also the tools of the full test run (sanitizers,
+#                            benchmarks, cluster tests)
+# Idempotent: does nothing (not even apt-get update) when all are installed.
+set -euo pipefail
+
+pkgs=(cmake pkg-config gcc make luajit libluajit-5.1-dev libuv1-dev node-llhttp
+      lua-cjson lua-cjson-dev libmbedtls-dev libcurl4-openssl-dev libpcre2-dev
+      lua-busted lua-socket lua-posix curl)
+
+for arg in "$@"; do
+  case "$arg" in
+    --test) pkgs+=(redis-server wrk nginx clang libclang-rt-14-dev valgrind) ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "deps.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${pkgs[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "deps: all ${#pkgs[@]} packages installed"
+  exit 0
+fi
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi
+
+echo "deps: installing ${missing[*]}"
+"${sudo[@]}" apt-get update
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
