@@ -403,6 +403,9 @@ static void conn_parse(mg_conn_t *c, const char *data, size_t len)
             return;
         }
     }
+    c->exec_start = data;
+    c->exec_end = data + len;
+    c->exec_seq++;
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
     if (c->closing) return;
     if (err == HPE_OK) return;
@@ -497,12 +500,19 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     mg_conn_t *c = p->data;
     mg_req_t *r = c->req;
     if (head_grow(c, len)) return HPE_USER;
-    /* llhttp 8 folds obs-fold continuation lines into the value; RFC 9112 lets
-     * a server reject them, and a proxy must not pass them on: reject. */
-    if (memchr(at, '\r', len) || memchr(at, '\n', len)) {
+    /* llhttp 8 accepts obs-fold continuation lines and reports the folded part
+     * as one more piece of the same value. A value legitimately comes in
+     * several pieces only when it straddles two reads: the previous piece
+     * ended at the end of one buffer and this one starts the next. Anything
+     * else is a fold, which RFC 9112 §5.2 lets a server reject and a proxy
+     * must not pass on. */
+    if (c->last_was_value &&
+        !(c->val_at_end && at == c->exec_start && c->val_seq != c->exec_seq)) {
         conn_error(c, 400, "malformed request: obsolete line folding in a header");
         return HPE_USER;
     }
+    c->val_at_end = at + len == c->exec_end;
+    c->val_seq = c->exec_seq;
     mg_hdr_t *h = &r->hdrs[r->nhdrs - 1];
     if (!c->last_was_value) {
         h->val_off = (uint32_t)r->head.len;

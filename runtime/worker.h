@@ -122,6 +122,9 @@ struct mg_conn {
 
     size_t         head_bytes;       /* size of the current header section */
     int            last_was_value;   /* llhttp header field/value state */
+    const char    *exec_start, *exec_end;  /* the buffer llhttp is parsing */
+    unsigned       exec_seq, val_seq;      /* which llhttp_execute call; see on_header_value */
+    int            val_at_end;             /* last value piece ended its buffer */
     unsigned       reading : 1;
     unsigned       paused : 1;       /* parser paused on a complete request */
     unsigned       closing : 1;

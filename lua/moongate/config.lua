@@ -477,12 +477,22 @@ local function file_exists(f)
     return false
 end
 
+-- LuaJIT shortens long chunk names in messages to "...<tail>:LINE:"; put the whole path back so
+-- that errors read FILE:LINE: message whatever the length of FILE.
+local function full_source(msg, path)
+    local tail, rest = match(msg, "^%.%.%.(.-)(:%d+:.*)$")
+    if tail and tail ~= "" and sub(path, -#tail) == tail then
+        return path .. rest
+    end
+    return msg
+end
+
 -- Runs gateway.lua in a fresh environment. Returns the config table, the order top-level
 -- globals were set in (nil when the file returned a table) | nil, error as Lua reports it.
 local function run_file(path, env_get)
     local chunk, err = loadfile(path)
     if not chunk then
-        return nil, err
+        return nil, full_source(err, path)
     end
 
     local function env(name, default)
@@ -518,7 +528,7 @@ local function run_file(path, env_get)
 
     local ok, ret = pcall(chunk)
     if not ok then
-        return nil, tostring(ret)
+        return nil, full_source(tostring(ret), path)
     end
     if ret == nil then
         return globals, order
@@ -620,11 +630,11 @@ local function load_module_file(file, ctx)
     end
     local chunk, err = loadfile(file)
     if not chunk then
-        return nil, err
+        return nil, full_source(err, file)
     end
     local ok, ret = pcall(chunk)
     if not ok then
-        return nil, tostring(ret)
+        return nil, full_source(tostring(ret), file)
     end
     if type(ret) ~= "table" then
         return nil, file .. ": a plugin file must return its module table"

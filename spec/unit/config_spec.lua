@@ -218,6 +218,15 @@ describe("config.load", function()
             assert.matches("^" .. dir:gsub("%p", "%%%0") .. "/gateway%.lua:3: attempt to index", errs[1])
         end)
 
+        it("names a long path in full in a Lua error", function()
+            local deep = dir .. "/a-rather-long-folder-name/and-another-long-one/and-a-third-one"
+            assert(os.execute("mkdir -p '" .. deep .. "'"))
+            local file = write(deep .. "/gateway.lua", "workers = 1\nworkers = = 2\n")
+            local cfg, errs = config.load(file, {})
+            assert.is_nil(cfg)
+            assert.equal(file .. ":2:", errs[1]:sub(1, #file + 3))
+        end)
+
         it("reports a missing file", function()
             local cfg, errs = config.load(dir .. "/nope.lua", {})
             assert.is_nil(cfg)
@@ -444,6 +453,14 @@ describe("config.load", function()
             }, errs)
         end)
 
+        it("refuse two listeners on one address, admin included", function()
+            local errs = errors_of(MINIMAL .. [[
+                listen = { "127.0.0.1:8080", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:8080" }
+                admin = { listen = "127.0.0.1:8080" }
+            ]])
+            assert.same({ "listen[4]: same address as listen[1]", "admin.listen: same address as listen[1]" }, errs)
+        end)
+
         it("refuse workers that are neither auto nor a positive integer", function()
             local errs = errors_of(MINIMAL .. 'workers = 0\n')
             assert.same({ 'workers: must be "auto" or an integer >= 1' }, errs)
@@ -593,6 +610,13 @@ describe("config.load", function()
             assert.same({ "plugins[2]: unlucky limit" }, errs)
         end)
 
+        it("take init returning nil, message as a refusal", function()
+            local errs = errors_of(MINIMAL .. [[
+                plugins = { { name = "picky", handler = { init = function(conf) return nil, "no key file" end } } }
+            ]])
+            assert.same({ "plugins[1]: no key file" }, errs)
+        end)
+
         it("append the always-on plugins found in plugin_dirs, skipping missing ones", function()
             local cfg = assert(load(MINIMAL .. 'plugins = { { name = "auth" } }\n'))
             assert.same({ "auth", "router", "balancer", "provider" }, names(cfg.plugins))
@@ -623,6 +647,91 @@ describe("config.load", function()
             local cfg = assert(load(MINIMAL .. 'model_budgets = { ["gpt-4o"] = { usd = 5, period = "1d" } }\n'))
             assert.same({ "router", "balancer", "provider", "cost", "budget" }, names(cfg.plugins))
             assert.same({ seconds = 86400 }, cfg.model_budgets["gpt-4o"].period)
+        end)
+    end)
+
+    describe("on randomly damaged configs", function()
+        -- The SPEC example as a plain table, to damage in place.
+        local function example()
+            local g = setmetatable({ env = function(_, d) return d or "k" end }, { __index = _G })
+            local chunk = assert(loadfile("spec/fixtures/config/full.lua"))
+            setfenv(chunk, g)
+            chunk()
+            g.env = nil
+            local t = {}
+            for k, v in pairs(g) do
+                t[k] = v
+            end
+            return t
+        end
+
+        local function nodes(t, out, seen)
+            if seen[t] then
+                return out
+            end
+            seen[t] = true
+            for k, v in pairs(t) do
+                out[#out + 1] = { t, k }
+                if type(v) == "table" then
+                    nodes(v, out, seen)
+                end
+            end
+            return out
+        end
+
+        -- A deep copy to compare with later; NaN (never equal to itself) is written down as text.
+        local function snapshot(v, seen)
+            if v ~= v then
+                return "NaN"
+            end
+            if type(v) ~= "table" then
+                return v
+            end
+            seen = seen or {}
+            if seen[v] then
+                return seen[v]
+            end
+            local out = {}
+            seen[v] = out
+            for k, x in pairs(v) do
+                out[k] = snapshot(x, seen)
+            end
+            return out
+        end
+
+        it("never raise, answer with errors or a config, and leave the input alone", function()
+            local pool = { 1, -1, 0, 2.5, "x", "", "10s", "1mo", "/v1", "127.0.0.1:0", true, false,
+                           function() end, {}, { 1, 2 }, { a = 1 }, 0 / 0 }
+            math.randomseed(20240601)
+            write(dir .. "/gateway.lua", "return __moongate_config_spec_input")
+            for _ = 1, 300 do
+                local t = example()
+                local all = nodes(t, {}, {})
+                for _ = 1, math.random(1, 3) do
+                    local n = all[math.random(#all)]
+                    if math.random(4) == 1 then
+                        n[1][n[2]] = nil
+                    else
+                        n[1][n[2]] = pool[math.random(#pool)]
+                    end
+                end
+                local before = snapshot(t)
+                rawset(_G, "__moongate_config_spec_input", t)
+                local ok, cfg, errs = pcall(config.load, dir .. "/gateway.lua", { plugin_dirs = { FIXTURE_PLUGINS } })
+                rawset(_G, "__moongate_config_spec_input", nil)
+                assert.is_true(ok, tostring(cfg))
+                if cfg == nil then
+                    assert.is_table(errs)
+                    assert.is_true(#errs > 0)
+                    for _, e in ipairs(errs) do
+                        assert.is_string(e)
+                        assert.is_true(#e > 0)
+                    end
+                else
+                    assert.is_nil(errs)
+                end
+                assert.same(before, snapshot(t))
+            end
         end)
     end)
 end)
