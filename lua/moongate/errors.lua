@@ -2,6 +2,9 @@
 -- (SPEC §3): OpenAI's {"error":{"message","type","code"}} on OpenAI paths,
 -- Anthropic's {"type":"error","error":{"type","message"}} on /v1/messages.
 local gw = require("gw")
+local quote = require("moongate.json_splice").quote
+
+local pairs, tostring = pairs, tostring
 
 local _M = { _VERSION = "0.1" }
 
@@ -22,22 +25,23 @@ function _M.format_of(path)
   return "openai"
 end
 
--- body(format, status, message, code) -> JSON text
+-- body(format, status, message, code) -> JSON text, members in the order the
+-- providers' own errors use (built by hand: cjson's order changes per process)
 function _M.body(format, status, message, code)
   if format == "anthropic" then
-    return gw.json.encode({ type = "error", error = {
-      type = anthropic_types[status] or (status >= 500 and "api_error" or "invalid_request_error"),
-      message = message } })
+    return '{"type":"error","error":{"type":"' ..
+      (anthropic_types[status] or (status >= 500 and "api_error" or "invalid_request_error")) ..
+      '","message":' .. quote(tostring(message)) .. '}}'
   end
-  return gw.json.encode({ error = {
-    message = message,
-    type = openai_types[status] or (status >= 500 and "server_error" or "invalid_request_error"),
-    code = code or gw.json.null } })
+  return '{"error":{"message":' .. quote(tostring(message)) .. ',"type":"' ..
+    (openai_types[status] or (status >= 500 and "server_error" or "invalid_request_error")) ..
+    '","code":' .. (code and quote(tostring(code)) or "null") .. '}}'
 end
 
 -- respond(ctx, status, message, code, headers) -> a gw.respond value
 function _M.respond(ctx, status, message, code, headers)
-  local h = headers or {}
+  local h = {}
+  for k, v in pairs(headers or {}) do h[k] = v end
   h["content-type"] = "application/json"
   return gw.respond(status, _M.body(ctx.format or "openai", status, message, code), h)
 end
@@ -45,11 +49,9 @@ end
 -- An SSE error event that ends a stream which failed after its first event.
 function _M.stream_event(format, message)
   if format == "anthropic" then
-    return "event: error\ndata: " .. gw.json.encode({ type = "error",
-      error = { type = "api_error", message = message } }) .. "\n\n"
+    return "event: error\ndata: " .. _M.body("anthropic", 502, message) .. "\n\n"
   end
-  return "data: " .. gw.json.encode({ error = { message = message, type = "server_error",
-    code = "upstream_error" } }) .. "\n\n"
+  return "data: " .. _M.body("openai", 502, message, "upstream_error") .. "\n\n"
 end
 
 return _M

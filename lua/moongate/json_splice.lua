@@ -2,6 +2,7 @@
 -- leaving every other byte as the client sent it (SPEC §3: numbers keep every
 -- digit, empty arrays stay arrays). A scanner, not a parser: it skips nested
 -- values and strings just well enough to find the member's value.
+local cjson = require("cjson.safe")
 local byte, sub, find = string.byte, string.sub, string.find
 
 local _M = { _VERSION = "0.1" }
@@ -51,35 +52,60 @@ local function value_end(s, i)
   return k and k - 1 or #s
 end
 
--- find(s, key) -> value_start, value_end | nil  (top-level member `key`)
-function _M.find(s, key)
+-- A key written with escapes ("mod\u0065l") names the same member as the
+-- plain one: decode such keys before comparing, as a JSON parser would.
+local function key_text(raw)
+  if not find(raw, "\\", 1, true) then return raw end
+  local ok, v = pcall(cjson.decode, '"' .. raw .. '"')
+  return ok and v or raw
+end
+
+-- ranges(s, key) -> { a1, b1, a2, b2, ... }: the value ranges of every
+-- top-level member named key (a duplicated key appears more than once;
+-- parsers keep the last, so an edit must reach all of them).
+local function ranges(s, key)
+  local out = {}
   local i = skip_ws(s, 1)
-  if byte(s, i) ~= B_LBRACE then return nil end
+  if byte(s, i) ~= B_LBRACE then return out end
   i = skip_ws(s, i + 1)
   while i <= #s do
     local c = byte(s, i)
-    if c == B_RBRACE then return nil end
-    if c ~= B_QUOTE then return nil end
+    if c ~= B_QUOTE then return out end
     local ke = string_end(s, i)
-    if not ke then return nil end
-    local k = sub(s, i + 1, ke - 1)
+    if not ke then return out end
+    local k = key_text(sub(s, i + 1, ke - 1))
     i = skip_ws(s, ke + 1)
-    if byte(s, i) ~= B_COLON then return nil end
+    if byte(s, i) ~= B_COLON then return out end
     i = skip_ws(s, i + 1)
+    if i > #s then return out end
     local ve = value_end(s, i)
-    if not ve then return nil end
-    if k == key then return i, ve end
+    if not ve then return out end
+    if k == key then
+      out[#out + 1] = i
+      out[#out + 1] = ve
+    end
     i = skip_ws(s, ve + 1)
     if byte(s, i) == B_COMMA then i = skip_ws(s, i + 1) end
   end
-  return nil
+  return out
+end
+
+-- find(s, key) -> value_start, value_end | nil  (the last top-level member `key`)
+function _M.find(s, key)
+  local r = ranges(s, key)
+  local n = #r
+  if n == 0 then return nil end
+  return r[n - 1], r[n]
 end
 
 -- replace(s, key, json_value) -> new text, true | s, false when the member is absent
 function _M.replace(s, key, json_value)
-  local a, b = _M.find(s, key)
-  if not a then return s, false end
-  return sub(s, 1, a - 1) .. json_value .. sub(s, b + 1), true
+  local r = ranges(s, key)
+  if #r == 0 then return s, false end
+  for k = #r - 1, 1, -2 do
+    s = sub(s, 1, r[k] - 1) .. json_value .. sub(s, r[k + 1] + 1)
+  end
+  return s, true
 end
 
 -- quote a Lua string as a JSON string

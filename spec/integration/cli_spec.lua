@@ -1,0 +1,191 @@
+-- The command line (SPEC §1): version, check, a broken config refused at
+-- start, and the `moongate mock` provider.
+
+local helpers = require "spec.support.helpers"
+local cjson   = require "cjson.safe"
+
+local GOOD = [[
+listen = { "127.0.0.1:${PORT}" }
+providers = { fake = { type = "mock", latency = "1ms" } }
+backends = { chat = { provider = "fake", model = "mock-model" } }
+routes = { { match = { path_prefix = "/v1" }, backend = "chat" } }
+]]
+
+-- Line 3 has the syntax error.
+local SYNTAX_ERROR = [[
+listen = { "127.0.0.1:${PORT}" }
+providers = { fake = { type = "mock" } }
+backends = { chat = { provider = "fake" model = "m" } }
+routes = { { match = { path_prefix = "/v1" }, backend = "chat" } }
+]]
+
+local UNKNOWN_PROVIDER = [[
+listen = { "127.0.0.1:${PORT}" }
+providers = { openai = { type = "mock" } }
+backends = {
+  chat = { groups = { { targets = { { provider = "opnai", model = "gpt-4o-mini" } } } } },
+}
+routes = { { match = { path_prefix = "/v1" }, backend = "chat" } }
+]]
+
+local function write_config(dir, name, text, port)
+  local path = dir .. "/" .. name
+  helpers.write_file(path, (text:gsub("%${PORT}", tostring(port or helpers.free_port()))))
+  return path
+end
+
+local function refused(port)
+  return not pcall(helpers.connect, port, 1)
+end
+
+describe("cli", function()
+  local dir
+
+  lazy_setup(function()
+    dir = helpers.tmpdir()
+  end)
+
+  lazy_teardown(function()
+    helpers.cleanup()
+  end)
+
+  it("version prints moongate's and its libraries' versions", function()
+    local code, out = helpers.run({ helpers.bin(), "version" }, { timeout = 10 })
+    assert.equal(0, code, out)
+    assert.matches("moongate%s+v?%d+%.%d+", out)
+    assert.matches("LuaJIT%s+%d+%.%d+", out)
+    assert.matches("libuv%s+v?%d+%.%d+", out)
+    assert.matches("llhttp%s+v?%d+%.%d+", out)
+    assert.matches("mbed ?TLS%s+v?%d+%.%d+", out)
+    assert.matches("libcurl%s+v?%d+%.%d+", out)
+  end)
+
+  it("check prints ok and exits 0 for a good config", function()
+    local path = write_config(dir, "good.lua", GOOD)
+    local code, out = helpers.run({ helpers.bin(), "check", "-c", path }, { timeout = 10 })
+    assert.equal(0, code, out)
+    assert.matches("^ok\n?$", out)
+  end)
+
+  it("check reports a Lua syntax error as FILE:LINE: message and exits 1", function()
+    local path = write_config(dir, "syntax.lua", SYNTAX_ERROR)
+    local code, out = helpers.run({ helpers.bin(), "check", "-c", path }, { timeout = 10 })
+    assert.equal(1, code, out)
+    assert.matches("syntax%.lua:3: %S", out)
+    assert.is_nil(out:match("^ok"), out)
+  end)
+
+  it("check reports an unknown provider by its option path and exits 1", function()
+    local path = write_config(dir, "unknown.lua", UNKNOWN_PROVIDER)
+    local code, out = helpers.run({ helpers.bin(), "check", "-c", path }, { timeout = 10 })
+    assert.equal(1, code, out)
+    assert.matches("backends.chat.groups[1].targets[1].provider: ", out, 1, true)
+    assert.matches("opnai", out, 1, true)
+    assert.is_nil(out:match("^ok"), out)
+  end)
+
+  it("refuses to start with a syntax error: prints it, exits 1, never listens", function()
+    local port = helpers.free_port()
+    local path = write_config(dir, "syntax-run.lua", SYNTAX_ERROR, port)
+    local code, out = helpers.run({ helpers.bin(), "-c", path }, { timeout = 10 })
+    assert.equal(1, code, out)
+    assert.matches("syntax%-run%.lua:3: %S", out)
+    assert.is_nil(out:find("listening", 1, true), out)
+    assert.is_true(refused(port))
+  end)
+
+  it("refuses to start with an unknown provider: prints it, exits 1, never listens", function()
+    local port = helpers.free_port()
+    local path = write_config(dir, "unknown-run.lua", UNKNOWN_PROVIDER, port)
+    local code, out = helpers.run({ helpers.bin(), "-c", path }, { timeout = 10 })
+    assert.equal(1, code, out)
+    assert.matches("backends.chat.groups[1].targets[1].provider: ", out, 1, true)
+    assert.is_nil(out:find("listening", 1, true), out)
+    assert.is_true(refused(port))
+  end)
+
+  it("check reports a missing config file and exits 1", function()
+    local code, out = helpers.run({ helpers.bin(), "check", "-c", dir .. "/does-not-exist.lua" },
+                                  { timeout = 10 })
+    assert.equal(1, code, out)
+    assert.matches("does%-not%-exist%.lua", out)
+  end)
+
+  describe("mock", function()
+    local port, proc
+
+    lazy_setup(function()
+      port = helpers.free_port()
+      proc = helpers.spawn({ helpers.bin(), "mock", "--listen", "127.0.0.1:" .. port,
+                             "--latency", "1" }, { log = dir .. "/mock.log" })
+      helpers.wait_until(function()
+        assert(proc:alive(), "moongate mock exited: " .. (helpers.read_file(dir .. "/mock.log") or ""))
+        local c = helpers.connect(port, 1)
+        c:close()
+        return true
+      end, 10, "moongate mock listening")
+    end)
+
+    lazy_teardown(function()
+      proc:kill()
+      local code = proc:wait(10)
+      assert(code == 0, "moongate mock exit code on SIGTERM: " .. tostring(code) .. "\n"
+                        .. (helpers.read_file(dir .. "/mock.log") or ""))
+    end)
+
+    local function post(path, body)
+      return helpers.http(port, { method = "POST", path = path, body = body,
+                                  headers = { ["Content-Type"] = "application/json" } })
+    end
+
+    it("serves a chat completion", function()
+      local res = post("/v1/chat/completions",
+                       '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}')
+      assert.equal(200, res.status)
+      local body = helpers.json(res)
+      assert.equal("chat.completion", body.object)
+      assert.equal("gpt-4o-mini", body.model)
+      assert.equal("assistant", body.choices[1].message.role)
+      assert.is_string(body.choices[1].message.content)
+      assert.truthy(#body.choices[1].message.content > 0)
+      assert.is_number(body.usage.prompt_tokens)
+      assert.is_number(body.usage.completion_tokens)
+    end)
+
+    it("streams a chat completion", function()
+      local s = helpers.stream(port, {
+        method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json" },
+        body = '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}',
+      })
+      assert.equal(200, s.status)
+      assert.matches("text/event-stream", s.headers["content-type"], 1, true)
+      local events, reason = s:read_all(10)
+      assert.equal("eof", reason)
+      assert.truthy(#events >= 2)
+      assert.equal("[DONE]", helpers.parse_sse(events[#events]).data)
+      local first = cjson.decode(helpers.parse_sse(events[1]).data)
+      assert.equal("chat.completion.chunk", first.object)
+    end)
+
+    it("serves Anthropic messages", function()
+      local res = post("/v1/messages",
+        '{"model":"claude-3-5-haiku-latest","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}')
+      assert.equal(200, res.status)
+      local body = helpers.json(res)
+      assert.equal("message", body.type)
+      assert.equal("assistant", body.role)
+      assert.equal("text", body.content[1].type)
+      assert.is_number(body.usage.input_tokens)
+    end)
+
+    it("lists models", function()
+      local res = helpers.http(port, { path = "/v1/models" })
+      assert.equal(200, res.status)
+      local body = helpers.json(res)
+      assert.equal("list", body.object)
+      assert.truthy(#body.data > 0)
+      assert.is_string(body.data[1].id)
+    end)
+  end)
+end)
