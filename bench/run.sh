@@ -57,9 +57,11 @@ OUT=$RESULTS_BASE/$STAMP
 mkdir -p "$OUT"
 
 PIDS=()            # every process we started, in start order
+WRK_PID=           # the running wrk (its `timeout` wrapper), if any
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [[ -n $WRK_PID ]]; then kill -TERM "$WRK_PID" 2>/dev/null || true; wait "$WRK_PID" 2>/dev/null || true; fi
     local pid i all=()
     for pid in "${PIDS[@]}"; do all+=($(tree "$pid")); done   # nginx workers outlive a KILLed master
     for (( i=${#PIDS[@]}-1; i>=0; i-- )); do kill -TERM "${PIDS[i]}" 2>/dev/null || true; done
@@ -229,9 +231,12 @@ declare -A PID=([direct]=$UP_PID [nginx-proxy]=$NGX_PID [moongate]=$MG_PID)
 # ---- run --------------------------------------------------------------------------------------------
 run_wrk() {  # TARGET DURATION OUTFILE
     local port=${PORT[$1]}
+    # in the background + wait, so a signal to this script is handled at once, not after wrk ends
     timeout -k 5 $(( $2 + 30 )) taskset -c "$WRK_CPUS" "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$2"s \
-        --timeout 5s --latency -s "$SCRIPT" "http://127.0.0.1:$port/v1/chat/completions" >"$3" 2>&1 \
-        || note "wrk against $1 exited with status $? (see $3)"
+        --timeout 5s --latency -s "$SCRIPT" "http://127.0.0.1:$port/v1/chat/completions" >"$3" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || note "wrk against $1 exited with status $? (see $3)"
+    WRK_PID=
 }
 
 note "warming up (${WARMUP}s per target)"

@@ -55,8 +55,12 @@ function _M.on_upstream_request(ctx, conf)
   local per_try = target.timeout or p.timeout or backend_timeout.per_try
   up.connect_timeout = 10
   if per_try and per_try < up.connect_timeout then up.connect_timeout = per_try end
-  -- a stream may run long: its limits are ttfb and stream_idle, not a total
-  if not ctx.request.stream then up.timeout = per_try or 600 end
+  -- a stream may run long: it is bounded by silence (stream_idle), not a total
+  if ctx.request.stream then
+    up.idle_timeout = backend_timeout.stream_idle or 300
+  else
+    up.timeout = per_try or 600
+  end
 end
 
 return _M

@@ -1,8 +1,7 @@
 /* ffi.h — every C function Lua calls, in one place.
  *
  * lua/moongate/ffi.lua declares exactly these signatures with ffi.cdef; keep
- * the two in step (spec/c/test_ffi.c checks that every name declared there
- * resolves). The style is lua-resty-core's: flat functions with an mg_ prefix,
+ * the two in step (every integration spec loads both). The style is lua-resty-core's: flat functions with an mg_ prefix,
  * plain C types, results as return codes plus out-parameters. None of them
  * calls back into Lua. */
 #ifndef MG_FFI_H
@@ -46,12 +45,13 @@ MG_EXPORT uint64_t mg_resp_bytes(mg_req_t *r);
 /* Starts a transfer; events for it go to `waiter`. `owner` (may be NULL) is the
  * client request it serves: it is aborted with MG_ECLIENT if that client leaves.
  * headers: "name: value\r\n"...; the body is copied. Timeouts in seconds, 0 for
- * none. ca_file NULL for the system store. Returns NULL with err filled on error. */
+ * none: timeout bounds the whole transfer, idle_timeout any stretch without a
+ * byte from the provider (streams). ca_file NULL for the system store. Returns NULL with err filled on error. */
 MG_EXPORT mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method,
                                const char *url, const char *headers, size_t hlen,
                                const char *body, size_t blen, double connect_timeout,
-                               double timeout, const char *ca_file, int insecure,
-                               char *err, size_t errlen);
+                               double timeout, double idle_timeout, const char *ca_file,
+                               int insecure, char *err, size_t errlen);
 MG_EXPORT int      mg_up_status(mg_up_t *u);
 MG_EXPORT int      mg_up_header_count(mg_up_t *u);
 MG_EXPORT int      mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen,

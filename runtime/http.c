@@ -177,13 +177,34 @@ static const char *status_text(int code)
 /* An error the server answers itself (bad framing, limits), before or instead
  * of Lua. The connection is closed after it: what follows on the wire cannot
  * be trusted once framing is in doubt. */
+static const char *error_code(int status)
+{
+    switch (status) {
+    case 408: return "request_timeout";
+    case 413: return "request_too_large";
+    case 431: return "header_too_large";
+    case 503: return "shutting_down";
+    default:  return "bad_request";
+    }
+}
+
 static void conn_error(mg_conn_t *c, int status, const char *message)
 {
     if (c->closing) return;
+    /* the client's own error format (SPEC §3), when the path is known yet;
+     * messages are fixed ASCII without quotes, so they need no escaping */
+    int anthropic = c->req != NULL && c->req->url_len >= 12 &&
+                    memcmp(c->req->head.data + c->req->url_off, "/v1/messages", 12) == 0;
     char body[512];
-    int blen = snprintf(body, sizeof body,
-                        "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\",\"code\":%d}}",
-                        message, status);
+    int blen;
+    if (anthropic)
+        blen = snprintf(body, sizeof body,
+                        "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"%s\"}}",
+                        status == 413 ? "request_too_large" : "invalid_request_error", message);
+    else
+        blen = snprintf(body, sizeof body,
+                        "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\",\"code\":\"%s\"}}",
+                        message, error_code(status));
     char head[256];
     int hlen = snprintf(head, sizeof head,
                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
@@ -414,10 +435,9 @@ static void conn_parse(mg_conn_t *c, const char *data, size_t len)
         size_t used = pos ? (size_t)(pos - data) : len;
         if (used < len) mg_buf_append(&c->pending, data + used, len - used);
         c->paused = 1;
-        if (c->reading) {
-            uv_read_stop((uv_stream_t *)&c->tcp);
-            c->reading = 0;
-        }
+        /* Reading goes on while the request is served: pipelined bytes wait
+         * in pending (bounded), and a client that hangs up is seen at once,
+         * so its upstream transfer stops instead of spending tokens. */
         return;
     }
     if (err == HPE_USER) return;       /* a callback already answered */

@@ -457,8 +457,8 @@ static void up_unref(mg_up_t *u)
 
 mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const char *url,
                      const char *headers, size_t hlen, const char *body, size_t blen,
-                     double connect_timeout, double timeout, const char *ca_file, int insecure,
-                     char *err, size_t errlen)
+                     double connect_timeout, double timeout, double idle_timeout,
+                     const char *ca_file, int insecure, char *err, size_t errlen)
 {
     mg_worker_t *w = mg_current;
     mg_multi_t *m = w->multi;
@@ -489,6 +489,11 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (connect_timeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
     if (timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    if (idle_timeout >= 1) {
+        /* under 1 byte/s for idle_timeout seconds: a stalled provider */
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)idle_timeout);
+    }
     if (ca_file != NULL && ca_file[0] != '\0') curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
     if (insecure) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);

@@ -31,8 +31,8 @@ uint64_t mg_resp_bytes(mg_req_t *r);
 
 mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const char *url,
                      const char *headers, size_t hlen, const char *body, size_t blen,
-                     double connect_timeout, double timeout, const char *ca_file, int insecure,
-                     char *err, size_t errlen);
+                     double connect_timeout, double timeout, double idle_timeout,
+                     const char *ca_file, int insecure, char *err, size_t errlen);
 int      mg_up_status(mg_up_t *u);
 int      mg_up_header_count(mg_up_t *u);
 int      mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen,

@@ -100,7 +100,10 @@ function _M.run(chain, phase, ctx, arg)
     ctx._plugin = p.name
     local r = p.fn(ctx, p.conf, arg)
     ctx._plugin = nil
-    if r ~= nil and (r == RETRY or getmetatable(r) == RESPOND_MT) then return r end
+    if r ~= nil and (r == RETRY or getmetatable(r) == RESPOND_MT) then
+      ctx._last_plugin = p.name
+      return r
+    end
   end
   return nil
 end

@@ -17,6 +17,7 @@ local config = require("moongate.config")
 local errors = require("moongate.errors")
 local metrics = require("moongate.metrics")
 local plugins = require("moongate.plugins")
+local sse = require("moongate.sse")
 local upstream = require("moongate.upstream")
 
 local C = mgffi.C
@@ -98,6 +99,24 @@ local NOT_DOWNSTREAM = {
   server = true, ["alt-svc"] = true,
 }
 
+-- The headers that go to the provider: the client's, less hop-by-hop ones
+-- (and those its Connection header names), less its credentials, with the
+-- provider's own on top.
+local function upstream_headers(client, own)
+  local drop = nil
+  local conn = client.connection
+  if conn then
+    drop = {}
+    for name in conn:gmatch("[^,%s]+") do drop[str_lower(name)] = true end
+  end
+  local out = {}
+  for k, v in pairs(client) do
+    if not HOP[k] and not NOT_UPSTREAM[k] and not (drop and drop[k]) then out[k] = v end
+  end
+  for k, v in pairs(own) do out[str_lower(k)] = v end
+  return out
+end
+
 -- Endpoints whose body must be JSON (SPEC §3: "400 bad JSON" applies there).
 local JSON_PATHS = {
   ["/v1/chat/completions"] = true, ["/v1/completions"] = true, ["/v1/embeddings"] = true,
@@ -162,6 +181,17 @@ local function fail(ctx, status, message, code)
   send_respond(ctx, errors.respond(ctx, status, message, code))
 end
 
+-- A hook returned something: gw.respond(...) is the answer; gw.retry() is
+-- only meaningful in on_response and on_error, so elsewhere it is a plugin bug.
+local function answer(ctx, rv, phase)
+  if rv == gw.RETRY then
+    gw.log("error", "plugin " .. tostring(ctx._last_plugin) .. " returned gw.retry() from " ..
+      phase .. "; only on_response and on_error may retry")
+    return fail(ctx, 500, "internal error in a plugin", "internal_error")
+  end
+  return send_respond(ctx, rv)
+end
+
 -- The attempt loop: balance, build the upstream request, try, judge, forward.
 local function proxy(ctx, chain)
   local backend = ctx.backend
@@ -176,7 +206,7 @@ local function proxy(ctx, chain)
     ctx.attempt = ctx.attempt + 1
     ctx.target, ctx.provider, ctx.response, ctx.error = nil, nil, nil, nil
     local rv = plugins.run(chain, "on_balance", ctx)
-    if rv and rv ~= gw.RETRY then return send_respond(ctx, rv) end
+    if rv then return answer(ctx, rv, "on_balance") end
     if not ctx.target then
       if last_err then break end
       return fail(ctx, 503, "no target is available for backend " ..
@@ -184,17 +214,17 @@ local function proxy(ctx, chain)
     end
 
     local req = ctx.request
-    local hdrs = {}
-    for k, v in pairs(req.headers) do
-      if not HOP[k] and not NOT_UPSTREAM[k] then hdrs[k] = v end
-    end
+    -- ctx.upstream.headers holds what the provider adds (credentials, its
+    -- own headers); the client's headers are merged under them afterwards,
+    -- so plugins may change either in on_upstream_request
     ctx.upstream = {
       method = req.method, path = req.path, query = req.query, body = req.body,
-      headers = hdrs, url = nil,
+      headers = {}, url = nil,
     }
     rv = plugins.run(chain, "on_upstream_request", ctx)
-    if rv and rv ~= gw.RETRY then return send_respond(ctx, rv) end
+    if rv then return answer(ctx, rv, "on_upstream_request") end
     local spec = ctx.upstream
+    spec.headers = upstream_headers(req.headers, spec.headers)
 
     local att, kind, msg
     if spec.mock then
@@ -240,7 +270,7 @@ local function proxy(ctx, chain)
       end
       if rv and rv ~= gw.RETRY then
         att:close()
-        return send_respond(ctx, rv)
+        return answer(ctx, rv, "on_response")
       end
 
       -- the answer goes to the client from here on: no failover after this
@@ -260,14 +290,27 @@ local function proxy(ctx, chain)
       end
       local ok, dkind, dmsg
       if transform then
+        -- on_chunk sees whole SSE events on a stream, the bytes as they come otherwise
+        local splitter = str_find(headers["content-type"] or "", "text/event-stream", 1, true)
+          and sse.new() or nil
+        local function emit(piece)
+          local out_chunk = plugins.chunk(chain, ctx, piece)
+          if out_chunk and #out_chunk > 0 then C.mg_resp_write(r, out_chunk, #out_chunk) end
+        end
         att:stream()
         while true do
           local data
           data, dkind, dmsg = att:read()
           if not data then break end
-          local out_chunk = plugins.chunk(chain, ctx, data)
-          if out_chunk and #out_chunk > 0 then C.mg_resp_write(r, out_chunk, #out_chunk) end
+          if splitter then
+            local events = splitter:feed(data)
+            for i = 1, #events do emit(events[i]) end
+          else
+            emit(data)
+          end
         end
+        local rest = splitter and splitter:finish()
+        if rest then emit(rest) end
         ok = not dkind
       else
         att:pipe()
@@ -306,6 +349,8 @@ end
 local function log_request(ctx)
   local r = ctx._req
   local status = C.mg_resp_status(r)
+  -- nginx's convention: 499 for a client that left before its answer began
+  if status == 0 then status = 499 end
   local now = C.mg_monotonic()
   local dur = now - ctx.timings.start
   ctx.timings.done = now
@@ -329,25 +374,33 @@ end
 local function pipeline(ctx)
   local cfg = ctx.config
   local req = ctx.request
-  if JSON_PATHS[req.path] and req.method == "POST" then
+  -- Decode a JSON body once, before routing (routes match on its model); the
+  -- raw text stays what goes upstream.
+  local must_be_json = JSON_PATHS[req.path] and req.method == "POST"
+  if req.method == "POST" and (must_be_json or str_find(req.body, "^%s*{")) then
     local doc = gw.json.decode(req.body)
-    if type(doc) ~= "table" then
+    if type(doc) == "table" then
+      req.json = doc
+      if type(doc.model) == "string" then req.model = doc.model end
+      req.stream = doc.stream == true
+    elseif must_be_json then
       return fail(ctx, 400, "request body is not valid JSON", "invalid_json")
     end
-    req.json = doc
-    if type(doc.model) == "string" then req.model = doc.model end
-    req.stream = doc.stream == true
   end
   local chain = plugins.global(cfg)
   local rv = plugins.run(chain, "on_route", ctx)
-  if rv then return send_respond(ctx, rv) end
+  if rv then return answer(ctx, rv, "on_route") end
   if not ctx.route then
     return fail(ctx, 404, "no route for " .. req.method .. " " .. req.path, "no_route")
+  end
+  -- a rewrite may have made this a JSON endpoint (e.g. /openai -> /v1/chat/completions)
+  if not req.json and JSON_PATHS[req.path] and req.method == "POST" then
+    return fail(ctx, 400, "request body is not valid JSON", "invalid_json")
   end
   chain = plugins.chain_for(cfg, ctx.route, ctx.backend)
   ctx._chain = chain
   rv = plugins.run(chain, "on_request", ctx)
-  if rv then return send_respond(ctx, rv) end
+  if rv then return answer(ctx, rv, "on_request") end
   if not ctx.backend then
     return fail(ctx, 404, "route " .. ctx.route.name .. " has no backend for this request", "no_backend")
   end
@@ -519,8 +572,32 @@ local function compile_expr(src, path)
   return function() return false end
 end
 
+-- What the config may say but this build cannot do yet: refused at load
+-- (by check and at start alike) rather than failing on the first request.
+local function unsupported(cfg)
+  local errs = {}
+  for i, l in ipairs(cfg.listen) do
+    if l.tls then
+      errs[#errs + 1] = format("listen[%d].tls: TLS listeners are not available in this build yet", i)
+    end
+  end
+  for name, p in pairs(cfg.providers or {}) do
+    if (p.wire ~= "openai" and p.wire ~= "mock") or p.type == "azure" then
+      errs[#errs + 1] = format("providers.%s.type: provider type %q is not available in this build yet",
+        name, p.type)
+    end
+  end
+  table.sort(errs)
+  return errs
+end
+
 local function load_config(opts)
-  return config.load(opts.config, { plugin_dirs = plugin_dirs(opts.home), compile_expr = compile_expr })
+  local cfg, errs = config.load(opts.config, { plugin_dirs = plugin_dirs(opts.home),
+    compile_expr = compile_expr })
+  if not cfg then return nil, errs end
+  errs = unsupported(cfg)
+  if #errs > 0 then return nil, errs end
+  return cfg
 end
 
 local function init_run(opts)
@@ -543,10 +620,6 @@ local function init_run(opts)
   metrics.init()
   state.cfg = cfg
   for i, addr in ipairs(cfg.listen) do
-    if addr.tls then
-      io.stderr:write("listen[", i, "].tls: TLS listeners are not available yet\n")
-      return 1
-    end
     local port, err = listen(addr, APP_GATEWAY)
     if not port then
       io.stderr:write("listen[", i, "]: ", err, "\n")

@@ -73,7 +73,7 @@ function _M.start_real(ctx, spec, waiter, req)
   local body = spec.body or ""
   local err = mgffi.errbuf
   local u = C.mg_up_start(req, waiter, spec.method, spec.url, headers, #headers, body, #body,
-                          spec.connect_timeout or 0, spec.timeout or 0, spec.ca_file,
+                          spec.connect_timeout or 0, spec.timeout or 0, spec.idle_timeout or 0, spec.ca_file,
                           spec.insecure and 1 or 0, err, 256)
   if u == nil then return nil, "error", ffi_string(err) end
   return setmetatable({ u = u, ctx = ctx }, Real)

@@ -305,6 +305,30 @@ describe("bad input", function()
     assert_still_serving()
   end)
 
+  it("closes a connection that never sends anything", function()
+    local conn = helpers.connect(gw.port)
+    local t0 = socket.gettime()
+    assert.is_true(conn:closed(6), "silent connection still open after 6s (header_timeout 1s, idle 2s)")
+    local elapsed = socket.gettime() - t0
+    conn:close()
+    assert.truthy(elapsed >= 0.8, string.format("closed too early: after %.2fs", elapsed))
+    assert_still_serving()
+  end)
+
+  it("closes a client that stalls in the middle of its body", function()
+    local conn = helpers.connect(gw.port)
+    local t0 = socket.gettime()
+    assert.truthy(conn:send("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      .. "Content-Type: application/json\r\nContent-Length: " .. #CHAT .. "\r\n\r\n"
+      .. CHAT:sub(1, 10)))
+    assert.is_true(conn:closed(8), "stalled upload still open after 8s (idle_timeout 2s)")
+    local elapsed = socket.gettime() - t0
+    conn:close()
+    assert.truthy(elapsed >= 0.8, string.format("closed too early: after %.2fs", elapsed))
+    assert.equal(0, #up:requests())
+    assert_still_serving()
+  end)
+
   it("answers 500 when a plugin raises, naming the plugin in the log only", function()
     local res = post(gw.port, CHAT, { ["x-explode"] = "1", ["X-Request-Id"] = "explode-1" })
     local e = assert_openai_error(res, 500)

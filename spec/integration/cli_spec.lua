@@ -104,6 +104,31 @@ describe("cli", function()
     assert.is_true(refused(port))
   end)
 
+  it("refuses to start when its listen address is taken: prints it, exits 1", function()
+    local socket = require "socket"
+    local holder = assert(socket.bind("127.0.0.1", 0))
+    local _, port = holder:getsockname()
+    local path = write_config(dir, "taken.lua", GOOD, port)
+    local code, out = helpers.run({ helpers.bin(), "-c", path }, { timeout = 10 })
+    holder:close()
+    assert.equal(1, code, out)
+    assert.matches("127.0.0.1:" .. port, out, 1, true)
+  end)
+
+  it("refuses to start when its admin address is taken: prints it, exits 1", function()
+    local socket = require "socket"
+    local holder = assert(socket.bind("127.0.0.1", 0))
+    local _, admin_port = holder:getsockname()
+    local port = helpers.free_port()
+    local path = write_config(dir, "admin-taken.lua",
+      GOOD .. 'admin = { listen = "127.0.0.1:' .. admin_port .. '" }\n', port)
+    local code, out = helpers.run({ helpers.bin(), "-c", path }, { timeout = 10 })
+    holder:close()
+    assert.equal(1, code, out)
+    assert.matches("127.0.0.1:" .. admin_port, out, 1, true)
+    assert.is_true(refused(port))
+  end)
+
   it("check reports a missing config file and exits 1", function()
     local code, out = helpers.run({ helpers.bin(), "check", "-c", dir .. "/does-not-exist.lua" },
                                   { timeout = 10 })

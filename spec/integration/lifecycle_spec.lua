@@ -170,75 +170,90 @@ describe("lifecycle", function()
     end)
   end)
 
-  describe("on SIGTERM", function()
-    it("finishes an in-flight stream, refuses new connections, then exits 0", function()
-      local gw = helpers.start_gateway(CONFIG, { vars = { UP = up.url, SHUTDOWN = "20s" } })
-      -- An idle keep-alive connection must not hold the stop up.
-      local idle = helpers.connect(gw.port)
-      assert.equal(200, helpers.http(gw.port, {
-        conn = idle, method = "POST", path = "/v1/chat/completions",
-        headers = { ["Content-Type"] = "application/json" }, body = CHAT }).status)
-
-      local s = open_stream(gw.port, { ["x-fake-hold"] = "term" })
-      assert.equal(200, s.status)
-      local first = s:read_event(10)
-      assert.is_string(first)
-
-      assert.is_true(gw.proc:kill(signal.SIGTERM))
-      helpers.wait_until(function() return refused(gw.port) end, 5,
-                         "new connections refused after SIGTERM")
-      assert.truthy(gw.proc:alive(), "exited with a stream still in flight")
-
-      up:release("term")
-      local rest, reason = s:read_all(10)
-      assert.equal("eof", reason, "the in-flight stream was cut by the stop")
-      assert.equal("[DONE]", helpers.parse_sse(rest[#rest]).data)
-
-      -- shutdown_timeout is 20s: only a clean drain exits within this bound.
-      local code = gw.proc:wait(8)
-      idle:close()
-      assert.equal(0, code, "exit code after SIGTERM; log:\n" .. gw:log())
-      assert.same({}, error_lines(gw:log()))
+  -- Each case stops its own gateway: it is started in lazy_setup and the
+  -- teardown checks (or forces) its end.
+  local function stopping(title, shutdown, body)
+    describe(title, function()
+      local gw
+      lazy_setup(function()
+        gw = helpers.start_gateway(CONFIG, { vars = { UP = up.url, SHUTDOWN = shutdown } })
+      end)
+      lazy_teardown(function()
+        up:reset()
+        local code, err = gw:stop()
+        assert(code == 0, "gateway exit code: " .. tostring(code) .. " " .. tostring(err)
+                          .. "\n" .. gw:log())
+      end)
+      it("", function() body(gw) end)
     end)
+  end
 
-    it("finishes a slow plain request in flight, then exits 0", function()
-      local gw = helpers.start_gateway(CONFIG, { vars = { UP = up.url, SHUTDOWN = "20s" } })
-      local conn = helpers.connect(gw.port)
-      assert.truthy(conn:send("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        .. "x-fake-delay-ms: 700\r\nContent-Type: application/json\r\nContent-Length: "
-        .. #CHAT .. "\r\n\r\n" .. CHAT))
-      helpers.wait_until(function() return #up:requests() == 1 end, 5, "request reached the provider")
-      assert.is_true(gw.proc:kill(signal.SIGTERM))
-      local res = helpers.read_response(conn, { timeout = 10 })
-      assert.equal(200, res.status)
-      assert.equal("fake reply", helpers.json(res).choices[1].message.content)
-      assert.is_true(conn:closed(5), "connection kept open by a stopping gateway")
-      assert.equal(0, gw.proc:wait(8), "exit code after SIGTERM; log:\n" .. gw:log())
-    end)
+  stopping("on SIGTERM with a stream in flight", "20s", function(gw)
+    -- finishes the stream, refuses new connections, then exits 0.
+    -- An idle keep-alive connection must not hold the stop up.
+    local idle = helpers.connect(gw.port)
+    assert.equal(200, helpers.http(gw.port, {
+      conn = idle, method = "POST", path = "/v1/chat/completions",
+      headers = { ["Content-Type"] = "application/json" }, body = CHAT }).status)
 
-    it("ends streams still running at shutdown_timeout and exits 0", function()
-      local gw = helpers.start_gateway(CONFIG, { vars = { UP = up.url, SHUTDOWN = "1s" } })
-      local s = open_stream(gw.port, { ["x-fake-hold"] = "never" })
-      assert.equal(200, s.status)
-      assert.is_string((s:read_event(10)))
-      local t0 = socket.gettime()
-      assert.is_true(gw.proc:kill(signal.SIGTERM))
-      local code = gw.proc:wait(10)
-      local elapsed = socket.gettime() - t0
-      assert.equal(0, code, "exit code after shutdown_timeout; log:\n" .. gw:log())
-      assert.truthy(elapsed >= 0.7, string.format("exited after %.2fs, before shutdown_timeout", elapsed))
-      assert.truthy(elapsed < 6, string.format("exited after %.2fs, long after shutdown_timeout", elapsed))
-      local _, reason = s:read_all(5)
-      assert.equal("closed", reason, "a stream cut by the stop must not end cleanly")
-      up:release("never")
-    end)
+    local s = open_stream(gw.port, { ["x-fake-hold"] = "term" })
+    assert.equal(200, s.status)
+    local first = s:read_event(10)
+    assert.is_string(first)
 
-    it("exits 0 on SIGINT too", function()
-      local gw = helpers.start_gateway(CONFIG, { vars = { UP = up.url, SHUTDOWN = "10s" } })
-      assert.equal(200, chat(gw.port).status)
-      local code, err = gw:stop(signal.SIGINT, 10)
-      assert.equal(0, code, tostring(err) .. "\n" .. gw:log())
-      assert.is_true(refused(gw.port))
-    end)
+    assert.is_true(gw.proc:kill(signal.SIGTERM))
+    helpers.wait_until(function() return refused(gw.port) end, 5,
+                       "new connections refused after SIGTERM")
+    assert.truthy(gw.proc:alive(), "exited with a stream still in flight")
+
+    up:release("term")
+    local rest, reason = s:read_all(10)
+    assert.equal("eof", reason, "the in-flight stream was cut by the stop")
+    assert.equal("[DONE]", helpers.parse_sse(rest[#rest]).data)
+
+    -- shutdown_timeout is 20s: only a clean drain exits within this bound.
+    local code = gw.proc:wait(8)
+    idle:close()
+    assert.equal(0, code, "exit code after SIGTERM; log:\n" .. gw:log())
+    assert.same({}, error_lines(gw:log()))
+  end)
+
+  stopping("on SIGTERM with a slow plain request in flight", "20s", function(gw)
+    -- finishes the request, closes its connection, then exits 0.
+    local conn = helpers.connect(gw.port)
+    assert.truthy(conn:send("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      .. "x-fake-delay-ms: 700\r\nContent-Type: application/json\r\nContent-Length: "
+      .. #CHAT .. "\r\n\r\n" .. CHAT))
+    helpers.wait_until(function() return #up:requests() == 1 end, 5, "request reached the provider")
+    assert.is_true(gw.proc:kill(signal.SIGTERM))
+    local res = helpers.read_response(conn, { timeout = 10 })
+    assert.equal(200, res.status)
+    assert.equal("fake reply", helpers.json(res).choices[1].message.content)
+    assert.is_true(conn:closed(5), "connection kept open by a stopping gateway")
+    assert.equal(0, gw.proc:wait(8), "exit code after SIGTERM; log:\n" .. gw:log())
+  end)
+
+  stopping("on SIGTERM with a stream that outlives shutdown_timeout", "1s", function(gw)
+    -- ends the stream without a clean end and exits 0 after shutdown_timeout.
+    local s = open_stream(gw.port, { ["x-fake-hold"] = "never" })
+    assert.equal(200, s.status)
+    assert.is_string((s:read_event(10)))
+    local t0 = socket.gettime()
+    assert.is_true(gw.proc:kill(signal.SIGTERM))
+    local code = gw.proc:wait(10)
+    local elapsed = socket.gettime() - t0
+    assert.equal(0, code, "exit code after shutdown_timeout; log:\n" .. gw:log())
+    assert.truthy(elapsed >= 0.7, string.format("exited after %.2fs, before shutdown_timeout", elapsed))
+    assert.truthy(elapsed < 6, string.format("exited after %.2fs, long after shutdown_timeout", elapsed))
+    local _, reason = s:read_all(5)
+    assert.equal("closed", reason, "a stream cut by the stop must not end cleanly")
+  end)
+
+  stopping("on SIGINT", "10s", function(gw)
+    -- exits 0 like SIGTERM.
+    assert.equal(200, chat(gw.port).status)
+    local code, err = gw:stop(signal.SIGINT, 10)
+    assert.equal(0, code, tostring(err) .. "\n" .. gw:log())
+    assert.is_true(refused(gw.port))
   end)
 end)

@@ -122,6 +122,31 @@ describe("proxy", function()
     assert.equal("from-target", h["x-target-header"])
   end)
 
+  it("does not forward the client's Host, cookies or hop-by-hop headers", function()
+    local res = chat(gw.port, { headers = {
+      Host = "client.example",
+      Cookie = "session=client-cookie",
+      Connection = "keep-alive, X-Hop-Secret",
+      ["X-Hop-Secret"] = "hop-value",
+      ["Keep-Alive"] = "timeout=5",
+      TE = "trailers",
+      Upgrade = "h2c",
+      ["Proxy-Authorization"] = "Basic cHJveHk6c2VjcmV0",
+      ["X-End-To-End"] = "kept",
+    } })
+    assert.equal(200, res.status)
+    local h = up:requests()[1].headers
+    assert.equal("127.0.0.1:" .. up.port, h["host"])
+    assert.equal("kept", h["x-end-to-end"])
+    assert.is_nil(h["cookie"])
+    assert.is_nil(h["keep-alive"])
+    assert.is_nil(h["te"])
+    assert.is_nil(h["upgrade"])
+    assert.is_nil(h["proxy-authorization"])
+    -- RFC 9110 §7.6.1: headers named in Connection are hop-by-hop too.
+    assert.is_nil(h["x-hop-secret"], "a header named in Connection was forwarded")
+  end)
+
   it("replaces the client's model with the target's model", function()
     local res = chat(gw.port)
     assert.equal(200, res.status)

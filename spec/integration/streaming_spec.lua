@@ -251,6 +251,20 @@ describe("streaming", function()
     assert.equal("fake reply", helpers.json(r2).choices[1].message.content)
   end)
 
+  it("streams to an HTTP/1.0 client without chunking, ending with the close", function()
+    local out, closed = helpers.raw(gw.port, "POST /v1/chat/completions HTTP/1.0\r\n"
+      .. "Content-Type: application/json\r\nContent-Length: " .. #STREAM_BODY .. "\r\n\r\n"
+      .. STREAM_BODY, { timeout = 10 })
+    assert.is_true(closed)
+    assert.matches("^HTTP/1%.[01] 200", out)
+    local head, body = out:match("^(.-\r\n\r\n)(.*)$")
+    assert.is_string(head, out)
+    assert.is_nil(head:lower():find("transfer-encoding", 1, true), head)
+    assert.matches("text/event-stream", head, 1, true)
+    assert.matches("^data: {", body)
+    assert.matches("data: %[DONE%]\n\n$", body)
+  end)
+
   it("keeps serving after cut streams", function()
     local s = open_stream(gw.port, { ["x-fake-close-after-first"] = "1" })
     s:read_all(10)
