@@ -21,7 +21,8 @@ local function replace_model(ctx, up)
   local model = ctx.target.model
   if type(model) ~= "string" or not ctx.request.json then return end
   if ctx.request.model == model then return end
-  local body, ok = splice.replace(up.body, "model", splice.quote(model))
+  -- set, not replace: a client that sent no model still needs the target's
+  local body, ok = splice.set(up.body, "model", splice.quote(model))
   if ok then up.body = body end
 end
 
@@ -45,7 +46,8 @@ function _M.on_upstream_request(ctx, conf)
   end
   -- an openai base_url ends in /v1 like the SDKs'; the client's path starts with it
   local path = up.path
-  local base = p.base_url:gsub("/+$", "")
+  local base = p.base_url  -- the config loader strips a trailing "/", but plugins may set it
+  if sub(base, -1) == "/" then base = base:gsub("/+$", "") end
   if sub(base, -3) == "/v1" and sub(path, 1, 4) == "/v1/" then path = sub(path, 4) end
   up.url = base .. path .. (up.query and ("?" .. up.query) or "")
   if p.api_key then up.headers["authorization"] = "Bearer " .. p.api_key end

@@ -55,6 +55,7 @@ void mg_req_unref(mg_req_t *r)
     if (--r->refs > 0) return;
     mg_buf_free(&r->head);
     mg_buf_free(&r->body);
+    mg_buf_free(&r->head_out);
     free(r->hdrs);
     free(r);
 }
@@ -741,8 +742,27 @@ int mg_resp_start(mg_req_t *r, int status, const char *headers, size_t hlen,
         b.data[b.len++] = '\r';
         b.data[b.len++] = '\n';
     }
+    if (content_length > 0 && !no_body) {
+        /* A body of known length follows: hold the header block and send it
+         * with the first body bytes, one write instead of two. (A stream's
+         * headers go at once: its first event may be a long way off.) */
+        mg_buf_reset(&r->head_out);
+        mg_buf_append(&r->head_out, b.data, b.len);
+        if (b.data != stack) mg_buf_free(&b);
+        return 0;
+    }
     int rc = conn_write(c, b.data, b.len);
     if (b.data != stack) mg_buf_free(&b);
+    return rc;
+}
+
+/* Sends a held header block, with data after it when given. */
+static int flush_head(mg_req_t *r, mg_conn_t *c, const char *data, size_t len)
+{
+    uv_buf_t bufs[2] = { uv_buf_init(r->head_out.data, (unsigned)r->head_out.len),
+                         uv_buf_init((char *)data, (unsigned)len) };
+    int rc = conn_writev(c, bufs, len ? 2 : 1);
+    mg_buf_free(&r->head_out);
     return rc;
 }
 
@@ -753,6 +773,7 @@ int mg_resp_write(mg_req_t *r, const char *data, size_t len)
     if (len == 0) return 0;
     if (r->method == HTTP_HEAD || r->status == 204 || r->status == 304) return 0;
     r->bytes_out += len;
+    if (r->head_out.len > 0) return flush_head(r, c, data, len);
     if (!r->chunked) return conn_write(c, data, len);
     char size[24];
     int n = snprintf(size, sizeof size, "%zx\r\n", len);
@@ -778,6 +799,7 @@ int mg_resp_finish(mg_req_t *r, int abort)
         mg_conn_close(c);
         return 0;
     }
+    if (r->head_out.len > 0) flush_head(r, c, NULL, 0);
     if (r->chunked) conn_write(c, "0\r\n\r\n", 5);
     if (c->req == r) conn_request_done(c);
     return 0;

@@ -94,7 +94,9 @@ void mg_lua_event(mg_worker_t *w, const mg_event_t *ev)
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->lua_event_ref);
     lua_pushinteger(L, ev->kind);
     lua_pushnumber(L, (lua_Number)ev->waiter);
-    lua_pushlightuserdata(L, ev->ptr);
+    /* the address as a number: LuaJIT compiles ffi.cast from a number, not
+     * from a light userdata (x86-64 addresses fit a double's 53 bits) */
+    lua_pushnumber(L, (lua_Number)(uintptr_t)ev->ptr);
     lua_pushinteger(L, ev->arg);
     int nargs = 4;
     if (ev->kind == MG_EV_UP_DATA) {

@@ -188,6 +188,23 @@ int mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char *
         snprintf(err, errlen, "too many listeners");
         return -1;
     }
+    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (port != 0) {
+        /* SO_REUSEPORT lets a second process share the port silently. Probe
+         * first without it: a port anyone else holds is refused, as a user
+         * expects; only our own sockets then share it. */
+        int probe = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int on = 1;
+        if (probe >= 0) {
+            setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+            if (bind(probe, (struct sockaddr *)&ss, sl) != 0) {
+                snprintf(err, errlen, "%s:%d: %s", host, port, strerror(errno));
+                close(probe);
+                return -1;
+            }
+            close(probe);
+        }
+    }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
@@ -197,7 +214,6 @@ int mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char *
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     /* libuv 1.44 has no flag for it; every worker will bind the same port */
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
         snprintf(err, errlen, "%s:%d: %s", host, port, strerror(errno));
         close(fd);

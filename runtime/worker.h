@@ -157,6 +157,7 @@ struct mg_req {
 
     /* what it gets back */
     int            status;           /* 0 until headers were sent */
+    mg_buf_t       head_out;         /* header block held for the first body bytes */
     int            chunked;
     int            finished;
     uint64_t       bytes_out;

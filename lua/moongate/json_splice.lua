@@ -108,6 +108,21 @@ function _M.replace(s, key, json_value)
   return s, true
 end
 
+-- set(s, key, json_value) -> new text, true: replace the member, or add it
+-- first in the object when absent | s, false when s is not a JSON object
+function _M.set(s, key, json_value)
+  local out, ok = _M.replace(s, key, json_value)
+  if ok then return out, true end
+  local i = skip_ws(s, 1)
+  if byte(s, i) ~= B_LBRACE then return s, false end
+  local j = skip_ws(s, i + 1)
+  local member = _M.quote(key) .. ":" .. json_value
+  if byte(s, j) == B_RBRACE then
+    return sub(s, 1, i) .. member .. sub(s, i + 1), true
+  end
+  return sub(s, 1, i) .. member .. "," .. sub(s, i + 1), true
+end
+
 -- quote a Lua string as a JSON string
 function _M.quote(v)
   return '"' .. v:gsub('[%c"\\]', function(ch)

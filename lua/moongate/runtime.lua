@@ -77,7 +77,7 @@ end
 -- event(kind, waiter, ptr, arg, data): one queued event from C
 function _M.event(kind, waiter, ptr, arg, data)
   if kind == EV_REQUEST then
-    return spawn(_M.serve, ffi.cast("mg_req_t *", ptr), arg)
+    return spawn(_M.serve, ffi.cast("mg_req_t *", ptr), arg)  -- ptr: address as a number (JIT-friendly)
   end
   local co = waiters[waiter]
   if co then resume(co, kind, ptr, arg, data) end
@@ -192,6 +192,12 @@ local function answer(ctx, rv, phase)
   return send_respond(ctx, rv)
 end
 
+-- One body piece through the on_chunk plugins to the client.
+local function emit_chunk(chain, ctx, r, piece)
+  local out_chunk = plugins.chunk(chain, ctx, piece)
+  if out_chunk and #out_chunk > 0 then C.mg_resp_write(r, out_chunk, #out_chunk) end
+end
+
 -- The attempt loop: balance, build the upstream request, try, judge, forward.
 local function proxy(ctx, chain)
   local backend = ctx.backend
@@ -293,10 +299,6 @@ local function proxy(ctx, chain)
         -- on_chunk sees whole SSE events on a stream, the bytes as they come otherwise
         local splitter = str_find(headers["content-type"] or "", "text/event-stream", 1, true)
           and sse.new() or nil
-        local function emit(piece)
-          local out_chunk = plugins.chunk(chain, ctx, piece)
-          if out_chunk and #out_chunk > 0 then C.mg_resp_write(r, out_chunk, #out_chunk) end
-        end
         att:stream()
         while true do
           local data
@@ -304,13 +306,13 @@ local function proxy(ctx, chain)
           if not data then break end
           if splitter then
             local events = splitter:feed(data)
-            for i = 1, #events do emit(events[i]) end
+            for i = 1, #events do emit_chunk(chain, ctx, r, events[i]) end
           else
-            emit(data)
+            emit_chunk(chain, ctx, r, data)
           end
         end
         local rest = splitter and splitter:finish()
-        if rest then emit(rest) end
+        if rest then emit_chunk(chain, ctx, r, rest) end
         ok = not dkind
       else
         att:pipe()
@@ -421,8 +423,6 @@ local function serve_gateway(r, waiter)
     timings = { start = C.mg_req_start(r) }, vars = {}, config = state.cfg,
     _req = r, _waiter = waiter,
   }
-  ctx._alive = function() return C.mg_req_alive(r) == 1 end
-  ctx._write = function(data) return C.mg_resp_write(r, data, #data) end
   ctx_of[co_running()] = ctx
   gw._current = ctx
   metrics.add("moongate_inflight", "", 1)
@@ -682,6 +682,12 @@ end
 -- init(opts) -> exit code; 0 means "run the loop". opts: home, config, mode, argv
 function _M.init(opts)
   state.mode = opts.mode
+  -- diagnostics for performance work: MOONGATE_JIT_LOG=FILE logs JIT traces and aborts
+  local jitlog = os.getenv("MOONGATE_JIT_LOG")
+  if jitlog and jitlog ~= "" then
+    local ok, v = pcall(require, "jit.v")
+    if ok then v.start(jitlog) end
+  end
   _G.gw = gw
   package.loaded.gw = gw
   if opts.mode == "check" then return init_check(opts) end

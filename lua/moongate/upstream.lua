@@ -148,7 +148,7 @@ end
 function Mock:wait_headers()
   local r = self.resp
   if r.delay and r.delay > 0 then gw.sleep(r.delay) end
-  if not self.ctx._alive() then
+  if C.mg_req_alive(self.ctx._req) ~= 1 then
     self.finished = true
     return nil, "client-closed", "the client went away"
   end
@@ -179,7 +179,7 @@ function Mock:read()
   local ev = r.events[i]
   if not ev then return nil end
   if i > 1 and r.interval and r.interval > 0 then gw.sleep(r.interval) end
-  if not self.ctx._alive() then return nil, "client-closed", "the client went away" end
+  if C.mg_req_alive(self.ctx._req) ~= 1 then return nil, "client-closed", "the client went away" end
   self.i = i
   return ev
 end
@@ -193,7 +193,7 @@ function Mock:wait_done()
         if kind then return nil, kind, msg end
         return true
       end
-      self.ctx._write(data)
+      C.mg_resp_write(self.ctx._req, data, #data)
     end
   end
   return true

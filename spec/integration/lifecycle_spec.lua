@@ -143,8 +143,8 @@ describe("lifecycle", function()
       end
       helpers.wait_until(function() return inflight(gw) == 8 end, 5, "8 streams in flight")
       for i = 1, #streams do streams[i]:close() end
+      helpers.wait_until(function() return inflight(gw) == 0 end, 5, "all 8 transfers aborted")
       up:release("many")
-      helpers.wait_until(function() return inflight(gw) == 0 end, 5, "all 8 requests ended")
       assert.equal(200, chat(gw.port).status)
       assert.same({}, error_lines(gw:log()))
       assert.truthy(gw.proc:alive())
@@ -172,7 +172,7 @@ describe("lifecycle", function()
 
   -- Each case stops its own gateway: it is started in lazy_setup and the
   -- teardown checks (or forces) its end.
-  local function stopping(title, shutdown, body)
+  local function stopping(title, what, shutdown, body)
     describe(title, function()
       local gw
       lazy_setup(function()
@@ -184,12 +184,12 @@ describe("lifecycle", function()
         assert(code == 0, "gateway exit code: " .. tostring(code) .. " " .. tostring(err)
                           .. "\n" .. gw:log())
       end)
-      it("", function() body(gw) end)
+      it(what, function() body(gw) end)
     end)
   end
 
-  stopping("on SIGTERM with a stream in flight", "20s", function(gw)
-    -- finishes the stream, refuses new connections, then exits 0.
+  stopping("on SIGTERM with a stream in flight",
+           "finishes the stream, refuses new connections, then exits 0", "20s", function(gw)
     -- An idle keep-alive connection must not hold the stop up.
     local idle = helpers.connect(gw.port)
     assert.equal(200, helpers.http(gw.port, {
@@ -218,8 +218,8 @@ describe("lifecycle", function()
     assert.same({}, error_lines(gw:log()))
   end)
 
-  stopping("on SIGTERM with a slow plain request in flight", "20s", function(gw)
-    -- finishes the request, closes its connection, then exits 0.
+  stopping("on SIGTERM with a slow plain request in flight",
+           "finishes the request, closes its connection, then exits 0", "20s", function(gw)
     local conn = helpers.connect(gw.port)
     assert.truthy(conn:send("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
       .. "x-fake-delay-ms: 700\r\nContent-Type: application/json\r\nContent-Length: "
@@ -233,8 +233,8 @@ describe("lifecycle", function()
     assert.equal(0, gw.proc:wait(8), "exit code after SIGTERM; log:\n" .. gw:log())
   end)
 
-  stopping("on SIGTERM with a stream that outlives shutdown_timeout", "1s", function(gw)
-    -- ends the stream without a clean end and exits 0 after shutdown_timeout.
+  stopping("on SIGTERM with a stream that outlives shutdown_timeout",
+           "cuts the stream (no clean end) and exits 0 at shutdown_timeout", "1s", function(gw)
     local s = open_stream(gw.port, { ["x-fake-hold"] = "never" })
     assert.equal(200, s.status)
     assert.is_string((s:read_event(10)))
@@ -249,8 +249,7 @@ describe("lifecycle", function()
     assert.equal("closed", reason, "a stream cut by the stop must not end cleanly")
   end)
 
-  stopping("on SIGINT", "10s", function(gw)
-    -- exits 0 like SIGTERM.
+  stopping("on SIGINT", "exits 0 like SIGTERM", "10s", function(gw)
     assert.equal(200, chat(gw.port).status)
     local code, err = gw:stop(signal.SIGINT, 10)
     assert.equal(0, code, tostring(err) .. "\n" .. gw:log())

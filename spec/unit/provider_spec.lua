@@ -150,11 +150,17 @@ describe("provider", function()
       assert.equal(raw, ctx.upstream.body)
     end)
 
-    it("leaves the body alone when the JSON has no top-level model", function()
+    it("adds the target's model when the JSON has no top-level model, leaving nested ones", function()
       local body = '{"input":"x","extra":{"model":"nested"}}'
       local ctx = make_ctx({ body = body, request = { model = nil } })
       run(ctx)
-      assert.equal(body, ctx.upstream.body)
+      assert.equal('{"model":"m","input":"x","extra":{"model":"nested"}}', ctx.upstream.body)
+    end)
+
+    it("adds the model to an empty object", function()
+      local ctx = make_ctx({ body = ' { } ', request = { model = nil } })
+      run(ctx)
+      assert.equal(' {"model":"m"} ', ctx.upstream.body)
     end)
 
     it("edits ctx.upstream.body, not the client's request body", function()
