@@ -160,7 +160,7 @@ describe("provider", function()
     it("adds the model to an empty object", function()
       local ctx = make_ctx({ body = ' { } ', request = { model = nil } })
       run(ctx)
-      assert.equal(' {"model":"m"} ', ctx.upstream.body)
+      assert.equal(' {"model":"m" } ', ctx.upstream.body)
     end)
 
     it("edits ctx.upstream.body, not the client's request body", function()
