@@ -45,6 +45,39 @@ local function labels(pairs_)
 end
 _M.labels = labels
 
+-- Label sets for the per-request series, built once per combination: the
+-- same few recur on every request, and building one means gsub.
+local req_labels, att_labels = {}, {}
+
+local function at(t, k)
+  local v = t[k]
+  if not v then
+    v = {}
+    t[k] = v
+  end
+  return v
+end
+
+function _M.request_labels(route, backend, target, code)
+  local t = at(at(at(req_labels, route), backend), target)
+  local l = t[code]
+  if not l then
+    l = labels({ "route", route, "backend", backend, "target", target, "code", code })
+    t[code] = l
+  end
+  return l
+end
+
+function _M.attempt_labels(target, outcome)
+  local t = at(att_labels, target)
+  local l = t[outcome]
+  if not l then
+    l = labels({ "target", target, "outcome", outcome })
+    t[outcome] = l
+  end
+  return l
+end
+
 function _M.add(name, l, v)
   if C then C.mg_metric_add(ids[name], l, #l, v) end
 end

@@ -251,7 +251,7 @@ local function proxy(ctx, chain)
       if att then att:close() end
       if kind == "client-closed" then return end
       ctx.error = { kind = kind, message = msg, target = ctx.target.name }
-      metrics.add("moongate_attempts_total", metrics.labels({ "target", ctx.target.name, "outcome", kind }), 1)
+      metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, kind), 1)
       gw.log("warn", "attempt", ctx.attempt, "to", ctx.target.name, "failed:", kind, msg)
       last_err = ctx.error
       rv = plugins.run(chain, "on_error", ctx, ctx.error)
@@ -266,8 +266,7 @@ local function proxy(ctx, chain)
         if not HOP[k] and not NOT_DOWNSTREAM[k] then out[k] = v end
       end
       ctx.response = { status = status, headers = out, upstream_headers = headers }
-      metrics.add("moongate_attempts_total",
-        metrics.labels({ "target", ctx.target.name, "outcome", tostring(status) }), 1)
+      metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, status), 1)
       rv = plugins.run(chain, "on_response", ctx)
       if rv == gw.RETRY and ctx.attempt < max_attempts then
         att:close()
@@ -359,8 +358,7 @@ local function log_request(ctx)
   local route = ctx.route and ctx.route.name or ""
   local backend = ctx.backend and ctx.backend.name or ""
   local target = ctx.target and ctx.target.name or ""
-  metrics.add("moongate_requests_total", metrics.labels({ "route", route, "backend", backend,
-    "target", target, "code", status }), 1)
+  metrics.add("moongate_requests_total", metrics.request_labels(route, backend, target, status), 1)
   metrics.observe("moongate_request_duration_seconds", "", dur)
   if ctx.timings.ttfb then metrics.observe("moongate_upstream_ttfb_seconds", "", ctx.timings.ttfb) end
   if state.access_log then
