@@ -29,7 +29,7 @@ struct mg_multi {
     uv_timer_t   timer;        /* first: closing it frees the struct */
     CURLM       *multi;
     mg_worker_t *w;
-    CURL        *pool[EASY_POOL];
+    struct { CURL *easy; int custom_tls; } pool[EASY_POOL];
     int          npool;
     int          active;
 };
@@ -70,6 +70,7 @@ struct mg_up {
     unsigned           wake_queued : 1;
     unsigned           freed : 1;
     unsigned           delivering : 1;
+    unsigned           custom_tls : 1;
     int                refs;
     int                result;
     char               errbuf[CURL_ERROR_SIZE];
@@ -393,7 +394,7 @@ void mg_multi_close(mg_worker_t *w)
 {
     mg_multi_t *m = w->multi;
     if (m == NULL) return;
-    for (int i = 0; i < m->npool; i++) curl_easy_cleanup(m->pool[i]);
+    for (int i = 0; i < m->npool; i++) curl_easy_cleanup(m->pool[i].easy);
     curl_multi_cleanup(m->multi);
     uv_close((uv_handle_t *)&m->timer, (uv_close_cb)free);
     w->multi = NULL;
@@ -405,6 +406,19 @@ int mg_multi_active(mg_worker_t *w)
 }
 
 /* ======================== transfers ======================== */
+
+/* The options every transfer shares, set once per handle. */
+static void easy_defaults(CURL *e)
+{
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* decoded bodies: plugins read usage from them; the client gets identity */
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+}
 
 static void owner_link(mg_up_t *u, mg_req_t *r)
 {
@@ -441,8 +455,14 @@ static void up_unref(mg_up_t *u)
     mg_multi_t *m = u->m;
     if (u->easy) {
         if (m->npool < EASY_POOL) {
-            curl_easy_reset(u->easy);
-            m->pool[m->npool++] = u->easy;
+            /* drop pointers into u before the handle outlives it */
+            curl_easy_setopt(u->easy, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+            curl_easy_setopt(u->easy, CURLOPT_POSTFIELDS, (char *)NULL);
+            curl_easy_setopt(u->easy, CURLOPT_ERRORBUFFER, (char *)NULL);
+            curl_easy_setopt(u->easy, CURLOPT_PRIVATE, (void *)NULL);
+            m->pool[m->npool].easy = u->easy;
+            m->pool[m->npool].custom_tls = u->custom_tls;
+            m->npool++;
         } else {
             curl_easy_cleanup(u->easy);
         }
@@ -467,33 +487,41 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
     u->waiter = waiter;
     u->refs = 1;
     u->t_start = mg_monotonic();
-    u->easy = m->npool > 0 ? m->pool[--m->npool] : curl_easy_init();
-    if (u->easy == NULL) {
+    /* A pooled handle keeps the options every transfer shares; only what
+     * varies is set again (curl_easy_reset and a full set-up cost more than
+     * the rest of curl's per-transfer work). One that had TLS options
+     * changed is reset, so they cannot leak into the next transfer. */
+    int custom_tls = (ca_file != NULL && ca_file[0] != '\0') || insecure;
+    CURL *e = NULL;
+    if (m->npool > 0) {
+        m->npool--;
+        e = m->pool[m->npool].easy;
+        if (m->pool[m->npool].custom_tls) {
+            curl_easy_reset(e);
+            easy_defaults(e);
+        }
+    } else {
+        e = curl_easy_init();
+        if (e != NULL) easy_defaults(e);
+    }
+    if (e == NULL) {
         snprintf(err, errlen, "cannot create a transfer");
         free(u);
         return NULL;
     }
-    CURL *e = u->easy;
+    u->easy = e;
+    u->custom_tls = custom_tls;
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, u);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, u->errbuf);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, u);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, u);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    /* decoded bodies: plugins read usage from them; the client gets identity */
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (connect_timeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
-    if (timeout > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
-    if (idle_timeout >= 1) {
-        /* under 1 byte/s for idle_timeout seconds: a stalled provider */
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)idle_timeout);
-    }
+    /* 0 restores each default: curl's 300 s connect timeout, no total, no idle limit */
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_timeout * 1000));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    /* under 1 byte/s for idle_timeout seconds: a stalled provider */
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, idle_timeout >= 1 ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle_timeout >= 1 ? (long)idle_timeout : 0L);
     if (ca_file != NULL && ca_file[0] != '\0') curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
     if (insecure) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -519,6 +547,10 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
     u->hout = curl_slist_append(u->hout, "Expect:");
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->hout);
 
+    /* the method: every option that decides it is set, since the handle
+     * may carry the previous transfer's */
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, (char *)NULL);
+    curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
     if (strcmp(method, "GET") == 0) {
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {

@@ -41,37 +41,65 @@ local state = {
 }
 _M.state = state
 
-local waiters = {}     -- waiter id -> coroutine
-local waiter_of = setmetatable({}, { __mode = "k" })  -- coroutine -> id
-local ctx_of = setmetatable({}, { __mode = "k" })     -- coroutine -> ctx
+-- Requests run in pooled coroutines: creating one per request costs an
+-- allocation and GC work on every request. Each job gets a fresh waiter id,
+-- so an event left over from an earlier job can never wake a later one.
+local waiters = {}     -- waiter id -> coroutine (while it runs a job)
+local co_waiter = {}   -- coroutine -> its current waiter id
+local co_ctx = {}      -- coroutine -> ctx of its current request (for gw.log)
+local pool, npool = {}, 0
 local next_waiter = 0
+local JOB_DONE = {}
 
-gw._waiter_of = function(co) return waiter_of[co] end
+gw._waiter_of = function(co) return co_waiter[co] end
+
+local function co_main(fn, a, b)
+  while true do
+    fn(a, b)
+    fn, a, b = coroutine.yield(JOB_DONE)
+  end
+end
 
 -- ====================== coroutines ======================
 
 local function resume(co, ...)
   local prev = gw._current
-  gw._current = ctx_of[co]
-  local ok, err = co_resume(co, ...)
+  gw._current = co_ctx[co]
+  local ok, r = co_resume(co, ...)
   gw._current = prev
+  if r == JOB_DONE and ok then
+    waiters[co_waiter[co]] = nil
+    co_waiter[co] = nil
+    co_ctx[co] = nil
+    npool = npool + 1
+    pool[npool] = co
+    return
+  end
   if not ok then
     -- the pipeline catches plugin errors; reaching here is a runtime bug
-    local msg = "runtime error: " .. tostring(err)
+    local msg = "runtime error: " .. tostring(r)
     C.mg_log_write(0, msg, #msg)
   end
   if co_status(co) == "dead" then
-    local id = waiter_of[co]
-    if id then waiters[id] = nil end
+    waiters[co_waiter[co]] = nil
+    co_waiter[co] = nil
+    co_ctx[co] = nil
   end
 end
 
-local function spawn(fn, ...)
+local function spawn(fn, a, b)
   next_waiter = next_waiter + 1
-  local co = co_create(fn)
+  local co
+  if npool > 0 then
+    co = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+  else
+    co = co_create(co_main)
+  end
   waiters[next_waiter] = co
-  waiter_of[co] = next_waiter
-  resume(co, ...)
+  co_waiter[co] = next_waiter
+  resume(co, fn, a, b)
 end
 
 -- event(kind, waiter, ptr, arg, data): one queued event from C
@@ -421,7 +449,7 @@ local function serve_gateway(r, waiter)
     timings = { start = C.mg_req_start(r) }, vars = {}, config = state.cfg,
     _req = r, _waiter = waiter,
   }
-  ctx_of[co_running()] = ctx
+  co_ctx[co_running()] = ctx
   gw._current = ctx
   metrics.add("moongate_inflight", "", 1)
 
@@ -507,7 +535,7 @@ local function serve_mock(r, waiter)
   local mock = require("moongate.mock")
   local req = read_request(r)
   local ctx = { id = "mock", request = req, _req = r }
-  ctx_of[co_running()] = ctx
+  co_ctx[co_running()] = ctx
   local ok, err = pcall(function()
     local resp = mock.respond(state.mock_opts, { method = req.method, path = req.target,
       headers = req.headers, body = req.body })
@@ -541,7 +569,7 @@ local function serve_mock(r, waiter)
 end
 
 function _M.serve(r, app)
-  local waiter = waiter_of[co_running()]
+  local waiter = co_waiter[co_running()]
   if app == APP_GATEWAY then return serve_gateway(r, waiter) end
   if app == APP_ADMIN then return serve_admin(r) end
   return serve_mock(r, waiter)
