@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "ffi.h"
 #include "log.h"
@@ -25,6 +27,8 @@
 
 enum { MODE_UNDECIDED = 0, MODE_PIPE = 1, MODE_STREAM = 2 };
 
+typedef struct sock sock_t;
+
 struct mg_multi {
     uv_timer_t   timer;        /* first: closing it frees the struct */
     CURLM       *multi;
@@ -32,13 +36,25 @@ struct mg_multi {
     struct { CURL *easy; int custom_tls; } pool[EASY_POOL];
     int          npool;
     int          active;
+    sock_t     **socks;        /* by fd */
+    int          nsocks;
 };
 
-typedef struct {
-    uv_poll_t     poll;
+/* One per socket curl asks us to watch. uv_poll_start() always drops the fd
+ * from epoll and adds it again, so a poll is restarted only when what it
+ * watches changes; and a connection curl parks in its cache (CURL_POLL_REMOVE)
+ * stays watched, so that the next transfer on it costs no epoll_ctl at all.
+ * Connection sockets are opened and closed through our callbacks, which is
+ * how we know when such a poll must really go. */
+struct sock {
+    uv_poll_t     poll;        /* first: closing it frees the struct */
     curl_socket_t fd;
     mg_multi_t   *m;
-} sock_t;
+    int           events;      /* UV_READABLE|UV_WRITABLE being watched, 0 if stopped */
+    unsigned      owned : 1;   /* a connection socket we opened (closed by on_close_socket) */
+    unsigned      idle : 1;    /* parked in curl's connection cache */
+    unsigned      polling : 1; /* uv_poll_init_socket done */
+};
 
 struct mg_up {
     CURL              *easy;
@@ -293,6 +309,13 @@ static size_t on_write(char *data, size_t size, size_t n, void *ud)
 static void on_poll(uv_poll_t *p, int status, int events)
 {
     sock_t *s = p->data;
+    if (s->idle) {
+        /* a parked connection became readable: the provider closed it (or
+         * broke protocol). Stop watching; curl finds it dead on reuse. */
+        uv_poll_stop(&s->poll);
+        s->events = 0;
+        return;
+    }
     int flags = 0;
     if (status < 0) flags = CURL_CSELECT_ERR;
     if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
@@ -300,6 +323,54 @@ static void on_poll(uv_poll_t *p, int status, int events)
     int running;
     curl_multi_socket_action(s->m->multi, s->fd, flags, &running);
     check_done(s->m);
+}
+
+static sock_t *sock_get(mg_multi_t *m, curl_socket_t fd)
+{
+    return fd >= 0 && fd < m->nsocks ? m->socks[fd] : NULL;
+}
+
+static void sock_put(mg_multi_t *m, curl_socket_t fd, sock_t *s)
+{
+    if (fd >= m->nsocks) {
+        int n = m->nsocks ? m->nsocks : 64;
+        while (n <= fd) n *= 2;
+        m->socks = mg_xrealloc(m->socks, (size_t)n * sizeof *m->socks);
+        memset(m->socks + m->nsocks, 0, (size_t)(n - m->nsocks) * sizeof *m->socks);
+        m->nsocks = n;
+    }
+    m->socks[fd] = s;
+}
+
+static void sock_drop(mg_multi_t *m, sock_t *s)
+{
+    sock_put(m, s->fd, NULL);
+    if (s->polling) uv_close((uv_handle_t *)&s->poll, (uv_close_cb)free);
+    else free(s);
+}
+
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    mg_multi_t *m = ud;
+    curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (fd == CURL_SOCKET_BAD) return fd;
+    sock_t *old = sock_get(m, fd);
+    if (old != NULL) sock_drop(m, old);    /* an fd number closed behind our back */
+    sock_t *s = mg_xcalloc(1, sizeof *s);
+    s->fd = fd;
+    s->m = m;
+    s->owned = 1;
+    sock_put(m, fd, s);
+    return fd;
+}
+
+static int on_close_socket(void *ud, curl_socket_t fd)
+{
+    mg_multi_t *m = ud;
+    sock_t *s = sock_get(m, fd);
+    /* uv_close takes the fd out of epoll, so it must come before close() */
+    if (s != NULL) sock_drop(m, s);
+    return close(fd);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -321,30 +392,32 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *ud)
 static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
 {
     mg_multi_t *m = ud;
-    sock_t *s = sockp;
+    sock_t *s = sock_get(m, fd);
     if (what == CURL_POLL_REMOVE) {
-        if (s != NULL) {
-            uv_poll_stop(&s->poll);
-            uv_close((uv_handle_t *)&s->poll, (uv_close_cb)free);
-            curl_multi_assign(m->multi, fd, NULL);
-        }
+        if (s == NULL) return 0;
+        if (s->owned) s->idle = 1;          /* keep watching: see sock_t */
+        else sock_drop(m, s);               /* e.g. the resolver's: curl closes it itself */
         return 0;
     }
     if (s == NULL) {
         s = mg_xcalloc(1, sizeof *s);
         s->fd = fd;
         s->m = m;
-        if (uv_poll_init_socket(&m->w->loop, &s->poll, fd) != 0) {
-            free(s);
-            return -1;
-        }
-        s->poll.data = s;
-        curl_multi_assign(m->multi, fd, s);
+        sock_put(m, fd, s);
     }
+    if (!s->polling) {
+        if (uv_poll_init_socket(&m->w->loop, &s->poll, fd) != 0) return -1;
+        s->poll.data = s;
+        s->polling = 1;
+    }
+    s->idle = 0;
     int events = 0;
     if (what & CURL_POLL_IN) events |= UV_READABLE;
     if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-    uv_poll_start(&s->poll, events, on_poll);
+    if (events != s->events) {
+        uv_poll_start(&s->poll, events, on_poll);
+        s->events = events;
+    }
     return 0;
 }
 
@@ -395,7 +468,10 @@ void mg_multi_close(mg_worker_t *w)
     mg_multi_t *m = w->multi;
     if (m == NULL) return;
     for (int i = 0; i < m->npool; i++) curl_easy_cleanup(m->pool[i].easy);
-    curl_multi_cleanup(m->multi);
+    curl_multi_cleanup(m->multi);      /* closes cached connections: on_close_socket */
+    for (int i = 0; i < m->nsocks; i++)
+        if (m->socks[i] != NULL) sock_drop(m, m->socks[i]);
+    free(m->socks);
     uv_close((uv_handle_t *)&m->timer, (uv_close_cb)free);
     w->multi = NULL;
 }
@@ -408,7 +484,7 @@ int mg_multi_active(mg_worker_t *w)
 /* ======================== transfers ======================== */
 
 /* The options every transfer shares, set once per handle. */
-static void easy_defaults(CURL *e)
+static void easy_defaults(CURL *e, mg_multi_t *m)
 {
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
@@ -418,6 +494,10 @@ static void easy_defaults(CURL *e)
     /* decoded bodies: plugins read usage from them; the client gets identity */
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, m);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
 }
 
 static void owner_link(mg_up_t *u, mg_req_t *r)
@@ -498,11 +578,11 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
         e = m->pool[m->npool].easy;
         if (m->pool[m->npool].custom_tls) {
             curl_easy_reset(e);
-            easy_defaults(e);
+            easy_defaults(e, m);
         }
     } else {
         e = curl_easy_init();
-        if (e != NULL) easy_defaults(e);
+        if (e != NULL) easy_defaults(e, m);
     }
     if (e == NULL) {
         snprintf(err, errlen, "cannot create a transfer");
