@@ -19,7 +19,10 @@ local pairs, sub = pairs, string.sub
 
 local function replace_model(ctx, up)
   local model = ctx.target.model
-  if type(model) ~= "string" or not ctx.request.json then return end
+  local req = ctx.request
+  local is_json = req.is_json
+  if is_json == nil then is_json = req.json and true end  -- a request not built by the runtime
+  if type(model) ~= "string" or not is_json then return end
   if ctx.request.model == model then return end
   -- set, not replace: a client that sent no model still needs the target's
   local body, ok = splice.set(up.body, "model", splice.quote(model))

@@ -65,6 +65,17 @@ MG_EXPORT const char *mg_up_errmsg(mg_up_t *u);
 MG_EXPORT double   mg_up_ttfb(mg_up_t *u);      /* seconds from start to first header byte */
 MG_EXPORT void     mg_up_free(mg_up_t *u);      /* aborts if running; no event follows */
 
+/* -- JSON bodies (json.c) ------------------------------------------------ */
+typedef struct mg_json_info {
+    long model_off, model_len;   /* the top-level "model" string's contents, or off -1 */
+    int  model_escaped;          /* it holds escapes: decode it before use */
+    int  stream;                 /* top-level "stream" is true */
+    int  escaped_keys;           /* some top-level key holds escapes */
+} mg_json_info_t;
+/* Validates body as one JSON object and reads model and stream from it.
+ * Returns 0, or -1 when the body is not a valid JSON object. */
+MG_EXPORT int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
+
 /* -- time, sleep, logs, ids ----------------------------------------------- */
 MG_EXPORT double mg_now(void);          /* wall clock, seconds */
 MG_EXPORT double mg_monotonic(void);

@@ -43,6 +43,14 @@ const char *mg_up_errmsg(mg_up_t *u);
 double   mg_up_ttfb(mg_up_t *u);
 void     mg_up_free(mg_up_t *u);
 
+typedef struct mg_json_info {
+    long model_off, model_len;
+    int  model_escaped;
+    int  stream;
+    int  escaped_keys;
+} mg_json_info_t;
+int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
+
 double mg_now(void);
 double mg_monotonic(void);
 int    mg_sleep(int64_t waiter, double seconds);

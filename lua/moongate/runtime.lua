@@ -151,6 +151,22 @@ local JSON_PATHS = {
   ["/v1/messages"] = true, ["/v1/messages/count_tokens"] = true,
 }
 
+-- ctx.request.json: the body decoded on first use (false when it is not JSON)
+local REQUEST_MT = {
+  __index = function(t, k)
+    if k ~= "json" then return nil end
+    local doc = false
+    if rawget(t, "is_json") ~= false then
+      doc = gw.json.decode(t.body)
+      if type(doc) ~= "table" then doc = false end
+    end
+    rawset(t, "json", doc)
+    return doc
+  end,
+}
+
+local json_info = ffi.new("mg_json_info_t")
+
 local function read_request(r)
   local sz, np, nl, vp, vl = mgffi.sz1, mgffi.cp1, mgffi.sz1, mgffi.cp2, mgffi.sz2
   local method = ffi_string(C.mg_req_method(r, sz), sz[0])
@@ -165,7 +181,7 @@ local function read_request(r)
   end
   local body = ffi_string(C.mg_req_body(r, sz), sz[0])
   local q = str_find(target, "?", 1, true)
-  return {
+  return setmetatable({
     method = method,
     target = target,
     path = q and str_sub(target, 1, q - 1) or target,
@@ -174,7 +190,8 @@ local function read_request(r)
     body = body,
     remote = ffi_string(C.mg_req_remote(r)),
     http_minor = C.mg_req_http_minor(r),
-  }
+    is_json = false,
+  }, REQUEST_MT)
 end
 
 -- Writes a whole answer (status, body string, headers table) to the client.
@@ -402,15 +419,27 @@ end
 local function pipeline(ctx)
   local cfg = ctx.config
   local req = ctx.request
-  -- Decode a JSON body once, before routing (routes match on its model); the
-  -- raw text stays what goes upstream.
+  -- Validate a JSON body and read its model and stream before routing (routes
+  -- match on the model); ctx.request.json is decoded only if a plugin reads it,
+  -- and the raw text is what goes upstream.
   local must_be_json = JSON_PATHS[req.path] and req.method == "POST"
-  if req.method == "POST" and (must_be_json or str_find(req.body, "^%s*{")) then
-    local doc = gw.json.decode(req.body)
-    if type(doc) == "table" then
-      req.json = doc
-      if type(doc.model) == "string" then req.model = doc.model end
-      req.stream = doc.stream == true
+  if req.method == "POST" then
+    local body = req.body
+    if C.mg_json_scan(body, #body, json_info) == 0 then
+      req.is_json = true
+      if json_info.escaped_keys ~= 0 then
+        local doc = req.json   -- a key written with escapes may be "model": decode
+        if type(doc.model) == "string" then req.model = doc.model end
+        req.stream = doc.stream == true
+      else
+        local off = tonumber(json_info.model_off)
+        if off >= 0 then
+          local model = str_sub(body, off + 1, off + tonumber(json_info.model_len))
+          if json_info.model_escaped ~= 0 then model = gw.json.decode('"' .. model .. '"') end
+          req.model = model
+        end
+        req.stream = json_info.stream ~= 0
+      end
     elseif must_be_json then
       return fail(ctx, 400, "request body is not valid JSON", "invalid_json")
     end
@@ -422,7 +451,7 @@ local function pipeline(ctx)
     return fail(ctx, 404, "no route for " .. req.method .. " " .. req.path, "no_route")
   end
   -- a rewrite may have made this a JSON endpoint (e.g. /openai -> /v1/chat/completions)
-  if not req.json and JSON_PATHS[req.path] and req.method == "POST" then
+  if not req.is_json and JSON_PATHS[req.path] and req.method == "POST" then
     return fail(ctx, 400, "request body is not valid JSON", "invalid_json")
   end
   chain = plugins.chain_for(cfg, ctx.route, ctx.backend)
@@ -713,6 +742,16 @@ function _M.init(opts)
   if jitlog and jitlog ~= "" then
     local ok, v = pcall(require, "jit.v")
     if ok then v.start(jitlog) end
+  end
+  -- MOONGATE_JIT_PROFILE="fl,FILE": LuaJIT's sampling profiler (jit.p), for the benchmark
+  local prof = os.getenv("MOONGATE_JIT_PROFILE")
+  if prof and prof ~= "" then
+    local ok, p = pcall(require, "jit.p")
+    if ok then
+      local mode, file = prof:match("^([^,]*),(.+)$")
+      p.start(mode or prof, file)
+      _M.stop_profile = p.stop
+    end
   end
   _G.gw = gw
   package.loaded.gw = gw

@@ -1,0 +1,214 @@
+/* json.c — a validating scanner for request bodies.
+ *
+ * The request path needs three things from a JSON body: is it valid, what is
+ * its top-level "model", and is "stream" true. Decoding the whole document
+ * into Lua tables to learn that costs more than everything else Lua does for a
+ * request; this scanner answers in one pass without allocating, and the full
+ * decode happens only if a plugin asks for ctx.request.json.
+ *
+ * It accepts exactly RFC 8259 JSON (no comments, no trailing commas, no NaN),
+ * with nesting up to MG_JSON_MAX_DEPTH. */
+#include <stddef.h>
+#include <string.h>
+
+#include "ffi.h"
+
+#define MG_JSON_MAX_DEPTH 512
+
+typedef struct {
+    const char *p, *end;
+} scan_t;
+
+static void ws(scan_t *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r')) s->p++;
+}
+
+static int hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* A string at s->p (the opening quote). Sets *escaped when it holds escapes.
+ * Control characters must be escaped; UTF-8 is not checked here (cjson does
+ * not either, and providers answer that themselves). */
+static int string(scan_t *s, int *escaped)
+{
+    s->p++;
+    while (s->p < s->end) {
+        unsigned char c = (unsigned char)*s->p;
+        if (c == '"') {
+            s->p++;
+            return 0;
+        }
+        if (c < 0x20) return -1;
+        if (c == '\\') {
+            if (escaped) *escaped = 1;
+            s->p++;
+            if (s->p >= s->end) return -1;
+            switch (*s->p) {
+            case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+                s->p++;
+                break;
+            case 'u':
+                if (s->end - s->p < 5 || !hex(s->p[1]) || !hex(s->p[2]) || !hex(s->p[3]) || !hex(s->p[4]))
+                    return -1;
+                s->p += 5;
+                break;
+            default:
+                return -1;
+            }
+            continue;
+        }
+        s->p++;
+    }
+    return -1;
+}
+
+static int digits(scan_t *s)
+{
+    const char *start = s->p;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9') s->p++;
+    return s->p > start ? 0 : -1;
+}
+
+static int number(scan_t *s)
+{
+    if (*s->p == '-') s->p++;
+    if (s->p >= s->end) return -1;
+    if (*s->p == '0') s->p++;
+    else if (digits(s) != 0) return -1;
+    if (s->p < s->end && *s->p == '.') {
+        s->p++;
+        if (digits(s) != 0) return -1;
+    }
+    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+        s->p++;
+        if (s->p < s->end && (*s->p == '+' || *s->p == '-')) s->p++;
+        if (digits(s) != 0) return -1;
+    }
+    return 0;
+}
+
+static int literal(scan_t *s, const char *word, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0) return -1;
+    s->p += n;
+    return 0;
+}
+
+static int value(scan_t *s, int depth);
+
+static int container(scan_t *s, int depth, char close)
+{
+    if (depth > MG_JSON_MAX_DEPTH) return -1;
+    s->p++;
+    ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return 0;
+    }
+    for (;;) {
+        if (close == '}') {
+            if (s->p >= s->end || *s->p != '"' || string(s, NULL) != 0) return -1;
+            ws(s);
+            if (s->p >= s->end || *s->p != ':') return -1;
+            s->p++;
+            ws(s);
+        }
+        if (value(s, depth + 1) != 0) return -1;
+        ws(s);
+        if (s->p >= s->end) return -1;
+        if (*s->p == ',') {
+            s->p++;
+            ws(s);
+            continue;
+        }
+        if (*s->p == close) {
+            s->p++;
+            return 0;
+        }
+        return -1;
+    }
+}
+
+static int value(scan_t *s, int depth)
+{
+    if (s->p >= s->end) return -1;
+    switch (*s->p) {
+    case '{': return container(s, depth, '}');
+    case '[': return container(s, depth, ']');
+    case '"': return string(s, NULL);
+    case 't': return literal(s, "true", 4);
+    case 'f': return literal(s, "false", 5);
+    case 'n': return literal(s, "null", 4);
+    default:
+        if (*s->p == '-' || (*s->p >= '0' && *s->p <= '9')) return number(s);
+        return -1;
+    }
+}
+
+int mg_json_scan(const char *body, size_t len, mg_json_info_t *out)
+{
+    scan_t s = { body, body + len };
+    memset(out, 0, sizeof *out);
+    out->model_off = -1;
+    ws(&s);
+    if (s.p >= s.end || *s.p != '{') {
+        /* valid JSON that is not an object still fails here: every endpoint
+         * that needs JSON wants an object */
+        return -1;
+    }
+    s.p++;
+    ws(&s);
+    if (s.p < s.end && *s.p == '}') {
+        s.p++;
+    } else {
+        for (;;) {
+            if (s.p >= s.end || *s.p != '"') return -1;
+            const char *k = s.p + 1;
+            int kesc = 0;
+            if (string(&s, &kesc) != 0) return -1;
+            size_t klen = (size_t)(s.p - 1 - k);
+            ws(&s);
+            if (s.p >= s.end || *s.p != ':') return -1;
+            s.p++;
+            ws(&s);
+            const char *v = s.p;
+            int vesc = 0;
+            if (s.p < s.end && *s.p == '"') {
+                if (string(&s, &vesc) != 0) return -1;
+            } else if (value(&s, 1) != 0) {
+                return -1;
+            }
+            if (!kesc && klen == 5 && memcmp(k, "model", 5) == 0) {
+                /* the last one wins, as in every decoder */
+                if (*v == '"') {
+                    out->model_off = (long)(v + 1 - body);
+                    out->model_len = (long)(s.p - 1 - (v + 1));
+                    out->model_escaped = vesc;
+                } else {
+                    out->model_off = -1;
+                }
+            } else if (!kesc && klen == 6 && memcmp(k, "stream", 6) == 0) {
+                out->stream = s.p - v == 4 && memcmp(v, "true", 4) == 0;
+            } else if (kesc) {
+                out->escaped_keys = 1;
+            }
+            ws(&s);
+            if (s.p >= s.end) return -1;
+            if (*s.p == ',') {
+                s.p++;
+                ws(&s);
+                continue;
+            }
+            if (*s.p == '}') {
+                s.p++;
+                break;
+            }
+            return -1;
+        }
+    }
+    ws(&s);
+    return s.p == s.end ? 0 : -1;
+}

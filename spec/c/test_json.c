@@ -1,0 +1,103 @@
+/* Unit tests for runtime/json.c: the validating scanner of request bodies. */
+#include "ffi.h"
+#include "test.h"
+
+static int scan(const char *s, mg_json_info_t *info)
+{
+    return mg_json_scan(s, strlen(s), info);
+}
+
+static void test_valid_documents(void)
+{
+    mg_json_info_t i;
+    const char *ok[] = {
+        "{}", " { } ", "{\"a\":1}", "{\"a\":[1,2,{\"b\":null}],\"c\":true,\"d\":false}",
+        "{\"n\":-0.5e+10,\"m\":12345678901234567890,\"z\":0,\"e\":1E5,\"f\":1.0000000000000001}",
+        "{\"s\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\"}", "{\"empty\":[],\"obj\":{}}",
+        "{\"utf8\":\"h\xc3\xa9llo\"}", "\r\n\t{\"a\" : \"b\" , \"c\" : [ ] }\n",
+    };
+    for (size_t k = 0; k < sizeof ok / sizeof ok[0]; k++) {
+        int rc = scan(ok[k], &i);
+        if (rc != 0) fprintf(stderr, "rejected valid: %s\n", ok[k]);
+        CHECK(rc == 0);
+    }
+}
+
+static void test_invalid_documents(void)
+{
+    mg_json_info_t i;
+    const char *bad[] = {
+        "", "   ", "[]", "\"str\"", "1", "null", "{", "}", "{\"a\"}", "{\"a\":}", "{\"a\":1,}",
+        "{,}", "{\"a\":1 \"b\":2}", "{\"a\":01}", "{\"a\":1.}", "{\"a\":.5}", "{\"a\":-}", "{\"a\":1e}",
+        "{\"a\":tru}", "{\"a\":nul}", "{\"a\":NaN}", "{\"a\":\"\\x\"}", "{\"a\":\"\\u12g4\"}",
+        "{\"a\":\"unterminated}", "{\"a\":\"tab\there\"}", "{a:1}", "{'a':1}", "{\"a\":1} x",
+        "{\"a\":1}{}", "{\"a\":[1,2}", "{\"a\":{\"b\":1]}", "{\"a\":1 // c\n}",
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        int rc = scan(bad[k], &i);
+        if (rc == 0) fprintf(stderr, "accepted invalid: %s\n", bad[k]);
+        CHECK(rc != 0);
+    }
+}
+
+static void test_model_and_stream(void)
+{
+    mg_json_info_t i;
+    const char *s = "{\"messages\":[{\"model\":\"nested\"}],\"model\":\"gpt-4o\",\"stream\":true}";
+    CHECK(scan(s, &i) == 0);
+    CHECK(i.model_off >= 0 && i.model_len == 6 && memcmp(s + i.model_off, "gpt-4o", 6) == 0);
+    CHECK(i.stream == 1 && i.model_escaped == 0 && i.escaped_keys == 0);
+
+    CHECK(scan("{\"stream\":false,\"model\":\"a\\\"b\"}", &i) == 0);
+    CHECK(i.stream == 0 && i.model_escaped == 1 && i.model_len == 4);
+
+    CHECK(scan("{\"stream\":\"true\"}", &i) == 0);    /* a string is not true */
+    CHECK(i.stream == 0 && i.model_off == -1);
+
+    CHECK(scan("{\"model\":\"a\",\"model\":\"bb\"}", &i) == 0);   /* the last wins */
+    CHECK(i.model_len == 2);
+
+    CHECK(scan("{\"model\":\"a\",\"model\":null}", &i) == 0);
+    CHECK(i.model_off == -1);
+
+    CHECK(scan("{\"mod\\u0065l\":\"x\"}", &i) == 0);
+    CHECK(i.escaped_keys == 1 && i.model_off == -1);
+}
+
+static void test_depth_limit(void)
+{
+    mg_json_info_t i;
+    char deep[4000];
+    size_t n = 0;
+    deep[n++] = '{';
+    memcpy(deep + n, "\"a\":", 4);
+    n += 4;
+    for (int k = 0; k < 1000; k++) deep[n++] = '[';
+    for (int k = 0; k < 1000; k++) deep[n++] = ']';
+    deep[n++] = '}';
+    CHECK(mg_json_scan(deep, n, &i) != 0);   /* too deep: refused, not a stack overflow */
+    char ok[1200];
+    n = 0;
+    ok[n++] = '{';
+    memcpy(ok + n, "\"a\":", 4);
+    n += 4;
+    for (int k = 0; k < 100; k++) ok[n++] = '[';
+    for (int k = 0; k < 100; k++) ok[n++] = ']';
+    ok[n++] = '}';
+    CHECK(mg_json_scan(ok, n, &i) == 0);
+}
+
+static void test_truncations_never_pass(void)
+{
+    /* every strict prefix of a valid object is invalid */
+    const char *s = "{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],\"n\":1.5e3}";
+    mg_json_info_t i;
+    size_t len = strlen(s);
+    int accepted = 0;
+    for (size_t k = 0; k < len; k++) accepted += mg_json_scan(s, k, &i) == 0;
+    CHECK(accepted == 0);
+    CHECK(mg_json_scan(s, len, &i) == 0);
+}
+
+TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_depth_limit,
+          test_truncations_never_pass)
