@@ -414,16 +414,15 @@ void mg_conn_resume(mg_conn_t *c)
 static void conn_parse(mg_conn_t *c, const char *data, size_t len)
 {
     if (c->closing) return;
-    if (c->paused || c->req != NULL) {
-        if (c->req != NULL && c->req->complete) {
-            /* pipelined bytes while a request is served: keep them for later */
-            mg_buf_append(&c->pending, data, len);
-            if (c->pending.len > c->w->limits.max_header + c->w->limits.max_body) {
-                mg_log(MG_LOG_INFO, "%s: too much pipelined data; closing", c->remote);
-                mg_conn_close(c);
-            }
-            return;
+    if (c->paused) {
+        /* a request is being served (or its successor not yet started):
+         * pipelined bytes wait, bounded, and are parsed once it is done */
+        mg_buf_append(&c->pending, data, len);
+        if (c->pending.len > c->w->limits.max_header + c->w->limits.max_body) {
+            mg_log(MG_LOG_INFO, "%s: too much pipelined data; closing", c->remote);
+            mg_conn_close(c);
         }
+        return;
     }
     c->exec_start = data;
     c->exec_end = data + len;
