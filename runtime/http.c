@@ -319,7 +319,10 @@ void mg_conn_close(mg_conn_t *c)
     }
     mg_worker_unqueue_ptr(w, c);
     uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->timer, NULL);
+    /* two handles live in c: it is freed when the second close callback runs
+     * (libuv gives no order between them) */
+    c->closes_pending = 2;
+    uv_close((uv_handle_t *)&c->timer, conn_on_close);
     uv_close((uv_handle_t *)&c->tcp, conn_on_close);
 }
 
@@ -327,12 +330,12 @@ static void conn_on_close(uv_handle_t *h)
 {
     mg_conn_t *c = h->data;
     mg_worker_t *w = c->w;
+    if (--c->closes_pending > 0) return;
     if (c->prev) c->prev->next = c->next;
     else w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     w->nconns--;
     mg_buf_free(&c->pending);
-    /* the timer was closed first, so its close callback has already run */
     free(c);
     mg_worker_maybe_exit(w);
 }

@@ -129,7 +129,7 @@ struct mg_conn {
     unsigned       paused : 1;       /* parser paused on a complete request */
     unsigned       closing : 1;
     unsigned       close_after : 1;  /* close once the response is written */
-    unsigned       shutdown_sent : 1;
+    int            closes_pending;   /* handle close callbacks still to come */
     char           remote[64];
 };
 
