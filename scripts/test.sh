@@ -8,6 +8,7 @@
 #   integration     busted --run=integration against build/moongate
 #   build-asan      cmake build-asan/ with -DMOONGATE_SANITIZE=ON
 #   integration-asan  the integration specs again against build-asan/moongate
+#   integration-valgrind  the integration specs again under valgrind memcheck
 #
 # Every stage's output is shown with a [stage] prefix. The last line is
 # exactly "N passed, N failed" (summed over the stages); the exit status is
@@ -209,6 +210,22 @@ if selected integration-asan; then
   fi
 else
   skipped integration-asan
+fi
+
+# --- valgrind ---------------------------------------------------------------
+# memcheck sees what ASan cannot: writes by uninstrumented libraries (libuv,
+# libcurl) into memory we freed. Errors or definite leaks make the gateway
+# exit 99, which every spec's "stops with exit code 0" check turns into a
+# failure. Reports: $TMPDIR/moongate-valgrind.* (non-empty ones only).
+if selected integration-valgrind; then
+  if ((build_ok)) && command -v valgrind > /dev/null; then
+    busted_stage integration-valgrind integration \
+      MOONGATE_BIN=spec/support/valgrind-moongate
+  else
+    not_run integration-valgrind "no build/moongate or no valgrind"
+  fi
+else
+  skipped integration-valgrind
 fi
 
 # --- summary ----------------------------------------------------------------
