@@ -70,6 +70,20 @@ _M.json = {
   null = cjson.null,
 }
 
+-- _drained(r): for Lua that writes a long body itself (the mock provider):
+-- waits, yielding, until the client has taken its backlog. Returns false when
+-- the client is gone.
+function _M._drained(r)
+  local co = co_running()
+  local rc = C.mg_resp_wait_drained(r, _M._waiter_of(co))
+  if rc == 0 then return true end
+  if rc < 0 then return false end
+  repeat
+    local kind = co_yield()
+  until kind == 6 -- MG_EV_DRAINED
+  return C.mg_req_alive(r) == 1
+end
+
 -- gw.sleep(seconds): yield the request's coroutine to the event loop.
 function _M.sleep(seconds)
   local co = co_running()

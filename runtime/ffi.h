@@ -39,6 +39,10 @@ MG_EXPORT int mg_resp_write(mg_req_t *r, const char *data, size_t len);
  * chunk, so the client sees a cut response and never a clean end. */
 MG_EXPORT int mg_resp_finish(mg_req_t *r, int abort);
 MG_EXPORT int mg_resp_status(mg_req_t *r);                 /* 0 before headers */
+/* For Lua writing a long body itself: 0 when the client's unsent backlog is
+ * small; 1 when it is not, and then MG_EV_DRAINED goes to waiter once it is
+ * (or the client left); -1 when the client is gone. */
+MG_EXPORT int mg_resp_wait_drained(mg_req_t *r, int64_t waiter);
 MG_EXPORT uint64_t mg_resp_bytes(mg_req_t *r);
 
 /* -- upstream transfers --------------------------------------------------- */

@@ -29,6 +29,7 @@ static void conn_on_close(uv_handle_t *h);
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void conn_parse(mg_conn_t *c, const char *data, size_t len);
 static void http_settings_init(void);
+static void wake_drain_waiter(mg_req_t *r);
 
 /* ======================== requests ======================== */
 
@@ -67,9 +68,17 @@ static void req_detach(mg_req_t *r)
     if (r->conn == NULL) return;
     r->conn = NULL;
     if (!r->finished) mg_up_abort_owned(r);
+    wake_drain_waiter(r);
 }
 
 /* ======================== writing ======================== */
+
+static void wake_drain_waiter(mg_req_t *r)
+{
+    if (r->drain_waiter == 0) return;
+    mg_worker_queue(r->w, MG_EV_DRAINED, r->drain_waiter, NULL, 0);
+    r->drain_waiter = 0;
+}
 
 typedef struct {
     uv_write_t req;
@@ -88,8 +97,10 @@ static void conn_on_write(uv_write_t *wr, int status)
         return;
     }
     if (c->closing) return;
-    if (c->req != NULL && c->req->ups != NULL && mg_conn_write_queue_small(c))
-        mg_up_client_drained(c->req);
+    if (c->req != NULL && mg_conn_write_queue_small(c)) {
+        if (c->req->ups != NULL) mg_up_client_drained(c->req);
+        wake_drain_waiter(c->req);
+    }
     if (c->close_after && c->tcp.write_queue_size == 0 && c->req == NULL) mg_conn_close(c);
 }
 
@@ -810,6 +821,15 @@ int mg_resp_finish(mg_req_t *r, int abort)
 int mg_resp_status(mg_req_t *r)
 {
     return r->status;
+}
+
+int mg_resp_wait_drained(mg_req_t *r, int64_t waiter)
+{
+    mg_conn_t *c = r->conn;
+    if (c == NULL || c->closing) return -1;
+    if (mg_conn_write_queue_small(c)) return 0;
+    r->drain_waiter = waiter;
+    return 1;
 }
 
 uint64_t mg_resp_bytes(mg_req_t *r)

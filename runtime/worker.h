@@ -39,6 +39,7 @@ enum {
     MG_EV_UP_DATA    = 3,   /* ptr = mg_up_t*, body bytes passed as a string */
     MG_EV_UP_DONE    = 4,   /* ptr = mg_up_t*, arg = MG_OK or an MG_E* code */
     MG_EV_TIMER      = 5,   /* waiter's sleep is over */
+    MG_EV_DRAINED    = 6,   /* the client took its backlog (or left): write more */
     /* C-only events, handled without entering Lua */
     MG_EV_CONN_RESUME = 100, /* ptr = mg_conn_t*: parse what was pipelined */
     MG_EV_UP_WAKE     = 101  /* ptr = mg_up_t*: tell Lua what the transfer has next */
@@ -163,6 +164,7 @@ struct mg_req {
     uint64_t       bytes_out;
 
     mg_up_t       *ups;              /* transfers this request owns */
+    int64_t        drain_waiter;     /* woken by MG_EV_DRAINED, 0 for none */
 };
 
 /* worker.c */

@@ -27,6 +27,7 @@ int mg_resp_start(mg_req_t *r, int status, const char *headers, size_t hlen, int
 int mg_resp_write(mg_req_t *r, const char *data, size_t len);
 int mg_resp_finish(mg_req_t *r, int abort);
 int mg_resp_status(mg_req_t *r);
+int mg_resp_wait_drained(mg_req_t *r, int64_t waiter);
 uint64_t mg_resp_bytes(mg_req_t *r);
 
 mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const char *url,

@@ -583,6 +583,7 @@ local function serve_mock(r, waiter)
       if i > 1 and resp.interval and resp.interval > 0 then gw.sleep(resp.interval) end
       if C.mg_req_alive(r) ~= 1 then return end
       C.mg_resp_write(r, ev, #ev)
+      if not gw._drained(r) then return end
     end
     C.mg_resp_finish(r, 0)
   end)

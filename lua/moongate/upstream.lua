@@ -193,7 +193,10 @@ function Mock:wait_done()
         if kind then return nil, kind, msg end
         return true
       end
-      C.mg_resp_write(self.ctx._req, data, #data)
+      local r = self.ctx._req
+      C.mg_resp_write(r, data, #data)
+      -- a long answer to a slow reader: wait for it rather than queue it all
+      if not gw._drained(r) then return nil, "client-closed", "the client went away" end
     end
   end
   return true

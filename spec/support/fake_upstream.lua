@@ -12,7 +12,7 @@
 --   GET  /_fake/requests       recorded requests, JSON array of
 --                              {method, path, headers (lowercased), body, conn}
 --   POST /_fake/reset          forget requests, counters and releases
---   GET  /_fake/stats          {"connections": N, "requests": N}
+--   GET  /_fake/stats          {"connections": N, "requests": N, "size_sent": bytes of x-fake-size bodies}
 --   POST /_fake/release/NAME   let streams held with x-fake-hold: NAME go on
 --
 -- Model surface:
@@ -35,6 +35,8 @@
 --   x-fake-body: TEXT             answer exactly TEXT (content-type x-fake-content-type,
 --                                 default application/json)
 --   x-fake-no-length: 1           no Content-Length / chunked: the close ends the body
+--   x-fake-size: N                answer N bytes of "x" (Content-Length), written 64 KB at a
+--                                 time as the reader takes them (for back-pressure tests)
 
 local socket = require "socket"
 local cjson  = require "cjson.safe"
@@ -221,6 +223,7 @@ local epoch         = 1   -- bumped by reset, so connections are counted again
 local conn_seq      = 0   -- accept order, never reset: identifies a connection
 local conn_counted  = 0   -- connections that carried a recorded request since reset
 local req_counted   = 0
+local size_sent = 0        -- bytes of x-fake-size bodies written so far
 
 ---------------------------------------------------------------------------
 -- HTTP
@@ -502,8 +505,8 @@ local function handle_control(c, req, path)
     epoch = epoch + 1
     return respond(c, req, 200, '{"reset":true}')
   elseif path == "/_fake/stats" and req.method == "GET" then
-    return respond(c, req, 200, str_format('{"connections":%d,"requests":%d,"accepted":%d}',
-                                           conn_counted, req_counted, conn_seq))
+    return respond(c, req, 200, str_format('{"connections":%d,"requests":%d,"accepted":%d,"size_sent":%d}',
+                                           conn_counted, req_counted, conn_seq, size_sent))
   else
     local name = path:match("^/_fake/release/(.+)$")
     if name and req.method == "POST" then
@@ -542,6 +545,21 @@ local function handle(c, req)
 
   if h["x-fake-body"] then
     return respond(c, req, status, h["x-fake-body"], h["x-fake-content-type"] or "application/json")
+  end
+
+  local size = tonumber(h["x-fake-size"])
+  if size then
+    local piece = string.rep("x", 65536)
+    if not send_head(c, status, { { "Content-Type", "application/octet-stream" },
+                                  { "Content-Length", tostring(size) } }) then return nil end
+    local left = size
+    while left > 0 do
+      local n = left < #piece and left or #piece
+      if not c:send(n == #piece and piece or piece:sub(1, n)) then return nil end
+      left = left - n
+      size_sent = size_sent + n
+    end
+    return true
   end
 
   if status >= 300 then
