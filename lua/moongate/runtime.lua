@@ -200,6 +200,8 @@ local function send_whole(ctx, status, body, headers)
   body = body or ""
   local h = headers or {}
   h["x-request-id"] = ctx.id
+  -- the Anthropic SDK reads its request id from request-id
+  if ctx.format == "anthropic" then h["request-id"] = ctx.id end
   local hs = upstream.serialize_headers(h)
   C.mg_resp_start(r, status, hs, #hs, #body)
   if #body > 0 then C.mg_resp_write(r, body, #body) end
@@ -325,6 +327,7 @@ local function proxy(ctx, chain)
 
       -- the answer goes to the client from here on: no failover after this
       out["x-request-id"] = ctx.id
+      if ctx.format == "anthropic" then out["request-id"] = ctx.id end
       out["x-moongate-target"] = ctx.target.name
       out["x-moongate-attempts"] = tostring(ctx.attempt)
       local transform = #chain.on_chunk > 0

@@ -124,6 +124,8 @@ describe("official SDKs", function()
     assert.equal("end_turn", out.message.stop_reason)
     assert_anthropic_usage(out.message.usage)
     assert_request_id(out.message.request_id)
+    -- the Anthropic SDK takes its request id from request-id: the same id
+    assert.equal(out.message.request_id, out.message.sdk_request_id)
     assert.equal(TEXT, out.message_stream.text)
     assert.equal(TEXT, out.message_stream.final_text)
     assert.equal("end_turn", out.message_stream.stop_reason)

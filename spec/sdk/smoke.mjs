@@ -118,7 +118,8 @@ out.openai_stream_error = await expectError(async () => {
     .create({ model: CLAUDE, max_tokens: 64, messages })
     .withResponse();
   out.message = { text: msg.content[0].text, usage: msg.usage, stop_reason: msg.stop_reason,
-                  request_id: response.headers.get("x-request-id") };
+                  request_id: response.headers.get("x-request-id"),
+                  sdk_request_id: msg._request_id ?? null };
 }
 
 // Anthropic: streamed message through the SDK's helper.
