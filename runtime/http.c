@@ -43,6 +43,7 @@ static mg_req_t *req_new(mg_conn_t *c)
     r->start = mg_monotonic();
     mg_buf_init(&r->head);
     mg_buf_init(&r->body);
+    mg_buf_reserve(&r->head, 2048);   /* a typical SDK request's line and headers, in one allocation */
     return r;
 }
 

@@ -616,9 +616,13 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
         size_t tl = l;
         if (tl > 0 && p[tl - 1] == '\r') tl--;
         if (tl > 0) {
-            char *line = mg_xstrndup(p, tl);
+            /* curl_slist_append copies: a NUL-terminated line on the stack is enough */
+            char stack[512];
+            char *line = tl < sizeof stack ? stack : mg_xmalloc(tl + 1);
+            memcpy(line, p, tl);
+            line[tl] = '\0';
             struct curl_slist *nl = curl_slist_append(u->hout, line);
-            free(line);
+            if (line != stack) free(line);
             if (nl != NULL) u->hout = nl;
         }
         p += l + 1;
