@@ -29,11 +29,8 @@ routes = { { match = { path_prefix = "/mock" }, rewrite = "/v1/chat/completions"
   end)
 
   lazy_teardown(function()
-    local code, err = gw:stop()
-    local log = gw:log()
     up:stop()
-    helpers.cleanup()
-    assert(code == 0, "gateway exit code on SIGTERM: " .. tostring(code) .. " " .. tostring(err) .. "\n" .. log)
+    helpers.stop_and_check(gw)
   end)
 
   it("stalls the provider while the client does not read, then delivers the whole body", function()

@@ -49,11 +49,7 @@ describe("proxy", function()
   end)
 
   lazy_teardown(function()
-    local code, err = gw:stop()
-    local log = gw:log()
-    helpers.cleanup()
-    assert(code == 0, "gateway exit code on SIGTERM: " .. tostring(code) .. " "
-                      .. tostring(err) .. "\n" .. log)
+    helpers.stop_and_check(gw)
   end)
 
   before_each(function()

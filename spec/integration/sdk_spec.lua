@@ -63,10 +63,7 @@ describe("official SDKs", function()
 
   lazy_teardown(function()
     if not gw then return helpers.cleanup() end
-    local code, err = gw:stop()
-    local log = gw:log()
-    helpers.cleanup()
-    assert(code == 0, "gateway exit code on SIGTERM: " .. tostring(code) .. " " .. tostring(err) .. "\n" .. log)
+    helpers.stop_and_check(gw)
   end)
 
   it("ran the pinned SDK versions", function()

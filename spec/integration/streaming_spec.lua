@@ -59,11 +59,7 @@ describe("streaming", function()
 
   lazy_teardown(function()
     if up then up:reset() end   -- lets any held stream go
-    local code, err = gw:stop()
-    local log = gw:log()
-    helpers.cleanup()
-    assert(code == 0, "gateway exit code on SIGTERM: " .. tostring(code) .. " "
-                      .. tostring(err) .. "\n" .. log)
+    helpers.stop_and_check(gw)
   end)
 
   before_each(function()

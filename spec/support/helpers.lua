@@ -891,6 +891,17 @@ end
 -- Stops every child still running (SIGTERM, then SIGKILL after 5 s) and
 -- removes the temporary directories (kept when MOONGATE_KEEP_TMP is set, to
 -- read logs after a failure).
+-- The teardown every integration spec ends with: stop the gateway with
+-- SIGTERM, clean up, and fail unless it exited 0 (a sanitizer or valgrind
+-- report makes it exit non-zero), showing its log.
+function _M.stop_and_check(gw)
+  local code, err = gw:stop()
+  local log = gw:log()
+  _M.cleanup()
+  assert(code == 0, "gateway exit code on SIGTERM: " .. tostring(code) .. " "
+                    .. tostring(err) .. "\n" .. log)
+end
+
 function _M.cleanup()
   for _, p in pairs(procs) do
     if not p.code then p:kill(signal.SIGTERM) end
