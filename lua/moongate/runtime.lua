@@ -303,7 +303,7 @@ local function proxy(ctx, chain)
       last_err = ctx.error
       rv = plugins.run(chain, "on_error", ctx, ctx.error)
       if rv == gw.RETRY then goto continue end
-      if rv then return send_respond(ctx, rv) end
+      if rv then return answer(ctx, rv, "on_error") end
       break
     end
 
@@ -390,8 +390,9 @@ local function proxy(ctx, chain)
   if e.kind == "timeout" then
     return fail(ctx, 504, "upstream " .. tostring(e.target) .. " timed out", "upstream_timeout")
   end
-  return fail(ctx, 502, "upstream " .. tostring(e.target) .. " failed: " ..
-    tostring(e.kind) .. (e.message and e.message ~= "" and (" (" .. e.message .. ")") or ""),
+  -- the client learns which target failed and how; libcurl's own message
+  -- (addresses of internal providers) stays in the error log
+  return fail(ctx, 502, "upstream " .. tostring(e.target) .. " failed: " .. tostring(e.kind),
     "upstream_error")
 end
 
