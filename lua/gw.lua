@@ -84,6 +84,10 @@ function _M._drained(r)
   return C.mg_req_alive(r) == 1
 end
 
+-- gw.shared: the store every worker shares (moongate.shared); only inside
+-- the gateway binary, whose C functions it calls.
+if C then _M.shared = require("moongate.shared") end
+
 -- gw.sleep(seconds): yield the request's coroutine to the event loop.
 function _M.sleep(seconds)
   local co = co_running()

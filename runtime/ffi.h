@@ -80,6 +80,26 @@ typedef struct mg_json_info {
  * Returns 0, or -1 when the body is not a valid JSON object. */
 MG_EXPORT int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
 
+/* -- gw.shared (shared.c): one store for every worker ------------------- */
+enum { MG_SHARED_MISSING = 0, MG_SHARED_NUMBER = 1, MG_SHARED_STRING = 2 };
+MG_EXPORT void   mg_shared_init(size_t max_keys);      /* before first use; 0 keeps the default */
+/* Returns the type; a string is valid until this thread's next mg_shared_get. */
+MG_EXPORT int    mg_shared_get(const char *k, size_t kl, double *num, const char **str, size_t *slen);
+MG_EXPORT int    mg_shared_set(const char *k, size_t kl, int type, double num, const char *str,
+                               size_t slen, double ttl);
+MG_EXPORT int    mg_shared_delete(const char *k, size_t kl);
+/* incr: 0 and *out = the new value, or -1 when the key holds a string. */
+MG_EXPORT int    mg_shared_incr(const char *k, size_t kl, double n, double ttl, double *out);
+/* reserve: 1 (admitted: the value was below limit, n added), 0 (refused), -1
+ * (not a number); *remaining = limit - the value after. */
+MG_EXPORT int    mg_shared_reserve(const char *k, size_t kl, double n, double limit, double ttl,
+                                   double *remaining);
+/* settle: value += actual - reserved. 0 and *out = the new value; 1 when the
+ * key has expired (nothing to correct); -1 when it holds a string. */
+MG_EXPORT int    mg_shared_settle(const char *k, size_t kl, double reserved, double actual,
+                                  double *out);
+MG_EXPORT size_t mg_shared_count(void);
+
 /* -- time, sleep, logs, ids ----------------------------------------------- */
 MG_EXPORT double mg_now(void);          /* wall clock, seconds */
 MG_EXPORT double mg_monotonic(void);

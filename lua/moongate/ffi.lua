@@ -52,6 +52,17 @@ typedef struct mg_json_info {
 } mg_json_info_t;
 int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
 
+void   mg_shared_init(size_t max_keys);
+int    mg_shared_get(const char *k, size_t kl, double *num, const char **str, size_t *slen);
+int    mg_shared_set(const char *k, size_t kl, int type, double num, const char *str,
+                     size_t slen, double ttl);
+int    mg_shared_delete(const char *k, size_t kl);
+int    mg_shared_incr(const char *k, size_t kl, double n, double ttl, double *out);
+int    mg_shared_reserve(const char *k, size_t kl, double n, double limit, double ttl,
+                         double *remaining);
+int    mg_shared_settle(const char *k, size_t kl, double reserved, double actual, double *out);
+size_t mg_shared_count(void);
+
 double mg_now(void);
 double mg_monotonic(void);
 int    mg_sleep(int64_t waiter, double seconds);
