@@ -23,9 +23,16 @@ local function replace_model(ctx, up)
   local is_json = req.is_json
   if is_json == nil then is_json = req.json and true end  -- a request not built by the runtime
   if type(model) ~= "string" or not is_json then return end
-  if ctx.request.model == model then return end
+  if req.model == model then return end
+  local quoted = splice.quote(model)
+  local at = req.model_at
+  if at and up.body == req.body then
+    -- the runtime's scan already found the value in this very text
+    up.body = up.body:sub(1, at - 1) .. quoted .. up.body:sub(req.model_end + 1)
+    return
+  end
   -- set, not replace: a client that sent no model still needs the target's
-  local body, ok = splice.set(up.body, "model", splice.quote(model))
+  local body, ok = splice.set(up.body, "model", quoted)
   if ok then up.body = body end
 end
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ffi.h"
+#include "hash.h"
 #include "metrics.h"
 
 #define MAX_METRICS 64
@@ -62,22 +63,12 @@ int mg_metric_declare(const char *name, int type, const char *help, const double
     return id;
 }
 
-static uint64_t hash(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 /* Called with the lock held. */
 static series_t *find(int id, const char *labels, size_t llen)
 {
     if (id < 0 || id >= nmetrics) return NULL;
     metric_t *m = &metrics[id];
-    uint64_t h = hash(labels, llen);
+    uint64_t h = mg_hash(labels, llen);
     series_t **slot = &m->table[h % m->nslots];
     for (series_t *s = *slot; s != NULL; s = s->next)
         if (s->llen == llen && memcmp(s->labels, labels, llen) == 0) return s;
@@ -88,7 +79,7 @@ static series_t *find(int id, const char *labels, size_t llen)
             series_t *s = m->table[i];
             while (s) {
                 series_t *next = s->next;
-                size_t k = hash(s->labels, s->llen) % nslots;
+                size_t k = mg_hash(s->labels, s->llen) % nslots;
                 s->next = t[k];
                 t[k] = s;
                 s = next;

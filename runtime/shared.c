@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "ffi.h"
+#include "hash.h"
 
 #define NSHARDS 16
 
@@ -54,16 +55,6 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static uint64_t hash(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
 }
 
 static void init_once(void)
@@ -197,7 +188,7 @@ int mg_shared_get(const char *k, size_t kl, double *num, const char **str, size_
     /* a string is copied out: the entry may change once the lock is gone */
     static __thread char *buf;
     static __thread size_t cap;
-    uint64_t h = hash(k, kl);
+    uint64_t h = mg_hash(k, kl);
     shard_t *s = shard_of(h);
     pthread_mutex_lock(&s->lock);
     entry_t *e = lookup(s, h, k, kl, now());
@@ -224,7 +215,7 @@ int mg_shared_set(const char *k, size_t kl, int type, double num, const char *st
                   double ttl)
 {
     if (type != MG_SHARED_NUMBER && type != MG_SHARED_STRING) return -1;
-    uint64_t h = hash(k, kl);
+    uint64_t h = mg_hash(k, kl);
     shard_t *s = shard_of(h);
     double t = now();
     pthread_mutex_lock(&s->lock);
@@ -248,7 +239,7 @@ int mg_shared_set(const char *k, size_t kl, int type, double num, const char *st
 
 int mg_shared_delete(const char *k, size_t kl)
 {
-    uint64_t h = hash(k, kl);
+    uint64_t h = mg_hash(k, kl);
     shard_t *s = shard_of(h);
     pthread_mutex_lock(&s->lock);
     entry_t *e = lookup(s, h, k, kl, now());
@@ -259,7 +250,7 @@ int mg_shared_delete(const char *k, size_t kl)
 
 int mg_shared_incr(const char *k, size_t kl, double n, double ttl, double *out)
 {
-    uint64_t h = hash(k, kl);
+    uint64_t h = mg_hash(k, kl);
     shard_t *s = shard_of(h);
     double t = now();
     int rc = 0;
@@ -279,7 +270,7 @@ int mg_shared_incr(const char *k, size_t kl, double n, double ttl, double *out)
 int mg_shared_reserve(const char *k, size_t kl, double n, double limit, double ttl,
                       double *remaining)
 {
-    uint64_t h = hash(k, kl);
+    uint64_t h = mg_hash(k, kl);
     shard_t *s = shard_of(h);
     double t = now();
     int ok;
@@ -305,7 +296,7 @@ int mg_shared_reserve(const char *k, size_t kl, double n, double limit, double t
 
 int mg_shared_settle(const char *k, size_t kl, double reserved, double actual, double *out)
 {
-    uint64_t h = hash(k, kl);
+    uint64_t h = mg_hash(k, kl);
     shard_t *s = shard_of(h);
     int rc = 0;
     pthread_mutex_lock(&s->lock);

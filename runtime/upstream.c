@@ -85,7 +85,6 @@ struct mg_up {
     unsigned           in_cb : 1;
     unsigned           wake_queued : 1;
     unsigned           freed : 1;
-    unsigned           delivering : 1;
     unsigned           custom_tls : 1;
     int                refs;
     int                result;
@@ -203,9 +202,7 @@ void mg_up_deliver(mg_worker_t *w, mg_up_t *u)
             return;
         }
         u->refs++;
-        u->delivering = 1;
         mg_lua_event(w, &ev);
-        u->delivering = 0;
         if (u->freed) {
             up_unref(u);
             return;
@@ -476,11 +473,6 @@ void mg_multi_close(mg_worker_t *w)
     w->multi = NULL;
 }
 
-int mg_multi_active(mg_worker_t *w)
-{
-    return w->multi ? w->multi->active : 0;
-}
-
 /* ======================== transfers ======================== */
 
 /* The options every transfer shares, set once per handle. */
@@ -715,8 +707,8 @@ void mg_up_free(mg_up_t *u)
 {
     if (u->freed) return;
     u->freed = 1;
-    if (u->in_cb) u->aborted = 1;
-    else stop_transfer(u);
+    /* never inside a curl callback: Lua only runs from the event drain */
+    stop_transfer(u);
     owner_unlink(u);
     if (u->wake_queued) mg_worker_unqueue_ptr(u->m->w, u);
     u->wake_queued = 0;

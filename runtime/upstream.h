@@ -12,7 +12,6 @@
 
 int  mg_multi_init(mg_worker_t *w);
 void mg_multi_close(mg_worker_t *w);
-int  mg_multi_active(mg_worker_t *w);        /* transfers in flight */
 
 void mg_up_abort_owned(mg_req_t *r);         /* client gone: abort, Lua hears MG_ECLIENT */
 void mg_up_client_drained(mg_req_t *r);      /* client's write queue emptied: unpause */

@@ -438,7 +438,11 @@ local function pipeline(ctx)
       else
         local off = tonumber(json_info.model_off)
         if off >= 0 then
-          local model = str_sub(body, off + 1, off + tonumber(json_info.model_len))
+          local stop = off + tonumber(json_info.model_len)
+          local model = str_sub(body, off + 1, stop)
+          -- where the value sits (1-based positions of its two quotes): the
+          -- provider's model replacement splices there without a second scan
+          req.model_at, req.model_end = off, stop + 1
           if json_info.model_escaped ~= 0 then model = gw.json.decode('"' .. model .. '"') end
           req.model = model
         end

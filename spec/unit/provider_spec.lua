@@ -157,6 +157,23 @@ describe("provider", function()
       assert.equal('{"model":"m","input":"x","extra":{"model":"nested"}}', ctx.upstream.body)
     end)
 
+    it("splices at the position the runtime's scan found, when the body is unchanged", function()
+      local body = '{ "model" : "client-model" , "n":12345678901234567890}'
+      local at = body:find('"client-model"', 1, true)
+      local ctx = make_ctx({ body = body, request = { model = "client-model", model_at = at,
+                                                      model_end = at + #'"client-model"' - 1 } })
+      run(ctx)
+      assert.equal('{ "model" : "m" , "n":12345678901234567890}', ctx.upstream.body)
+    end)
+
+    it("falls back to a scan when a plugin changed the body", function()
+      local body = '{"model":"client-model"}'
+      local ctx = make_ctx({ body = body, request = { model = "client-model", model_at = 10, model_end = 23 } })
+      ctx.upstream.body = '{"x":1,"model":"client-model"}'
+      run(ctx)
+      assert.equal('{"x":1,"model":"m"}', ctx.upstream.body)
+    end)
+
     it("adds the model to an empty object", function()
       local ctx = make_ctx({ body = ' { } ', request = { model = nil } })
       run(ctx)
