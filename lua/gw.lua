@@ -68,6 +68,9 @@ _M.json = {
     return (s:gsub("\\/", "/"))
   end,
   null = cjson.null,
+  -- cjson 2.1 writes every empty table as {}; one with this metatable is
+  -- meant as a list (the admin API honours it: see runtime's admin_json)
+  array_mt = {},
 }
 
 -- _drained(r): for Lua that writes a long body itself (the mock provider):
@@ -91,12 +94,27 @@ if C then _M.shared = require("moongate.shared") end
 -- gw.sleep(seconds): yield the request's coroutine to the event loop.
 function _M.sleep(seconds)
   local co = co_running()
-  local id = _M._waiter_of and _M._waiter_of(co)
+  local id = co and _M._waiter_new and _M._waiter_new(co)
   if not id then error("gw.sleep: only inside a request", 2) end
+  if type(seconds) ~= "number" or seconds ~= seconds then
+    _M._waiter_done(co, id)
+    error("gw.sleep: seconds must be a number", 2)
+  end
   C.mg_sleep(id, seconds)
   repeat
     local kind = co_yield()
   until kind == 5 -- MG_EV_TIMER
+  _M._waiter_done(co, id)
+end
+
+-- gw.http(url, opts) -> res | nil, err: a subrequest that yields (moongate.subrequest).
+if C then _M.http = require("moongate.subrequest").request end
+
+-- gw.worker() -> index, count: which gateway worker runs this code (1..count;
+-- 0 on the main thread, which serves the admin API).
+function _M.worker()
+  if not C then return 1, 1 end
+  return C.mg_worker_index(), C.mg_worker_count()
 end
 
 return _M

@@ -116,6 +116,27 @@ MG_EXPORT void mg_set_limits(double max_body, double max_header, int max_connect
                              double header_timeout, double idle_timeout, double shutdown_timeout);
 MG_EXPORT int  mg_access_log(const char *target);   /* NULL: off; 0 or -errno */
 
+/* -- workers and reload (process.c) --------------------------------------- */
+MG_EXPORT int   mg_cpus_available(void);    /* affinity and cgroup quota ("auto") */
+/* n SO_REUSEPORT sockets on host:port, one per worker; returns the port. */
+MG_EXPORT int   mg_listen_prepare(const char *host, int port, int n, int app, char *err,
+                                  size_t errlen);
+/* Starts n workers and waits until each has loaded the config and taken its
+ * sockets; 0, or -1 with err (none is left running then). */
+MG_EXPORT int   mg_workers_start(int n, char *err, size_t errlen);
+MG_EXPORT int   mg_worker_index(void);      /* 0 on the main thread, 1..n in workers */
+MG_EXPORT int   mg_worker_count(void);
+/* The config text every worker runs: set once at start, then by each reload,
+ * which sends MG_EV_RELOAD (arg = generation) to every worker; a worker
+ * answers with mg_reload_done, and when all have, main's waiter gets
+ * MG_EV_WAKE. mg_config_source returns a copy to free with mg_free. */
+MG_EXPORT void  mg_config_set(const char *src, size_t len);
+MG_EXPORT char *mg_config_source(int *gen, size_t *len);
+MG_EXPORT int   mg_reload_publish(const char *src, size_t len, int64_t waiter);
+MG_EXPORT void  mg_reload_done(int gen, int ok, const char *msg, size_t len);
+MG_EXPORT const char *mg_reload_errors(size_t *len);
+MG_EXPORT void  mg_free(void *p);
+
 /* -- metrics (metrics.c) -------------------------------------------------- */
 MG_EXPORT int  mg_metric_declare(const char *name, int type, const char *help,
                                  const double *buckets, int nbuckets);

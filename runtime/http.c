@@ -10,6 +10,7 @@
  * max_connections → refuse. Malformed requests (including Content-Length with
  * Transfer-Encoding and obs-fold continuation lines) → 400 and close. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,9 @@
 #define MG_WRITE_HIGH  (256 * 1024)   /* pause the upstream above this much unsent */
 
 static llhttp_settings_t parser_settings;
-static int settings_ready;
+static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
+/* client connections of every worker: limits.max_connections is the process's */
+static int total_conns;
 
 static void conn_on_close(uv_handle_t *h);
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -294,6 +297,7 @@ void mg_http_on_accept(uv_stream_t *server, int status)
     if (w->conns) w->conns->prev = c;
     w->conns = c;
     w->nconns++;
+    int total = __atomic_add_fetch(&total_conns, 1, __ATOMIC_RELAXED);
 
     struct sockaddr_storage ss;
     int sl = sizeof ss;
@@ -303,13 +307,13 @@ void mg_http_on_accept(uv_stream_t *server, int status)
         else uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
         snprintf(c->remote, sizeof c->remote, "%s", ip);
     }
-    if (w->limits.max_connections > 0 && w->nconns > w->limits.max_connections) {
+    if (w->limits.max_connections > 0 && total > w->limits.max_connections) {
         mg_log(MG_LOG_WARN, "%s: refused, max_connections (%d) reached", c->remote,
                w->limits.max_connections);
         mg_conn_close(c);
         return;
     }
-    if (!settings_ready) http_settings_init();
+    pthread_once(&settings_once, http_settings_init);
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
     uv_tcp_nodelay(&c->tcp, 1);
@@ -347,6 +351,7 @@ static void conn_on_close(uv_handle_t *h)
     else w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     w->nconns--;
+    __atomic_sub_fetch(&total_conns, 1, __ATOMIC_RELAXED);
     mg_buf_free(&c->pending);
     free(c);
     mg_worker_maybe_exit(w);
@@ -618,7 +623,6 @@ static void http_settings_init(void)
 {
     llhttp_settings_t *s = &parser_settings;
     llhttp_settings_init(s);
-    settings_ready = 1;
     s->on_message_begin = on_message_begin;
     s->on_url = on_url;
     s->on_header_field = on_header_field;

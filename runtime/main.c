@@ -149,18 +149,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "moongate: cannot initialise libcurl\n");
         return 1;
     }
+    /* the main thread: `run` loads the config here, starts the workers and
+     * keeps the admin listener and the signals (process.c) */
     static mg_worker_t worker;
     if (mg_worker_init(&worker) != 0) {
         fprintf(stderr, "moongate: cannot initialise the event loop\n");
         return 1;
     }
+    mg_process_set_paths(home, config);
     int rc = mg_lua_init(&worker, home, config, mode, argc - rest, argv + rest);
     if (rc != 0 || strcmp(mode, "check") == 0) {
+        mg_process_join();
         mg_worker_close(&worker);
         curl_global_cleanup();
         return rc;
     }
     rc = mg_worker_run(&worker);
+    mg_process_join();
     mg_worker_close(&worker);
     curl_global_cleanup();
     mg_log(MG_LOG_INFO, "stopped");

@@ -165,44 +165,50 @@ void mg_request_id(char out[33])
     out[32] = '\0';
 }
 
-int mg_stopping(void)
-{
-    return mg_current != NULL && mg_current->stopping;
-}
-
 /* ======================== listeners ======================== */
 
-int mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char *err, size_t errlen)
+static int resolve(const char *host, int port, struct sockaddr_storage *ss, char *err, size_t errlen)
 {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
-        if (strcmp(host, "localhost") == 0) uv_ip4_addr("127.0.0.1", port, (struct sockaddr_in *)&ss);
-        else {
+    memset(ss, 0, sizeof *ss);
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) != 0) {
+        if (strcmp(host, "localhost") != 0) {
             snprintf(err, errlen, "%s:%d: not an IP address", host, port);
             return -1;
         }
+        uv_ip4_addr("127.0.0.1", port, (struct sockaddr_in *)ss);
     }
-    if (w->nlisteners == (int)(sizeof w->listeners / sizeof w->listeners[0])) {
-        snprintf(err, errlen, "too many listeners");
-        return -1;
-    }
-    socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    if (port != 0) {
+    return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+static int sock_port(int fd)
+{
+    struct sockaddr_storage bound;
+    socklen_t bl = sizeof bound;
+    if (getsockname(fd, (struct sockaddr *)&bound, &bl) != 0) return -1;
+    return ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                             : ((struct sockaddr_in *)&bound)->sin_port);
+}
+
+int mg_listen_socket(const char *host, int port, int probe, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    int sl = resolve(host, port, &ss, err, errlen);
+    if (sl < 0) return -1;
+    int on = 1;
+    if (probe && port != 0) {
         /* SO_REUSEPORT lets a second process share the port silently. Probe
          * first without it: a port anyone else holds is refused, as a user
          * expects; only our own sockets then share it. */
-        int probe = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int on = 1;
-        if (probe >= 0) {
-            setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-            if (bind(probe, (struct sockaddr *)&ss, sl) != 0) {
+        int p = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (p >= 0) {
+            setsockopt(p, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+            if (bind(p, (struct sockaddr *)&ss, (socklen_t)sl) != 0) {
                 snprintf(err, errlen, "%s:%d: %s", host, port, strerror(errno));
-                close(probe);
+                close(p);
                 return -1;
             }
-            close(probe);
+            close(p);
         }
     }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -210,46 +216,98 @@ int mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char *
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    /* libuv 1.44 has no flag for it; every worker will bind the same port */
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&ss, sl) != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    /* libuv 1.44 has no flag for it; every worker binds the same port */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
+    if (bind(fd, (struct sockaddr *)&ss, (socklen_t)sl) != 0 || listen(fd, 511) != 0) {
         snprintf(err, errlen, "%s:%d: %s", host, port, strerror(errno));
         close(fd);
         return -1;
     }
+    return fd;
+}
+
+int mg_worker_adopt(mg_worker_t *w, int fd, int app, const char *host, char *err, size_t errlen)
+{
+    if (w->nlisteners == (int)(sizeof w->listeners / sizeof w->listeners[0])) {
+        snprintf(err, errlen, "too many listeners");
+        close(fd);
+        return -1;
+    }
+    int port = sock_port(fd);
     mg_listener_t *l = mg_xcalloc(1, sizeof *l);
     l->w = w;
     l->app = app;
+    l->port = port;
+    snprintf(l->address, sizeof l->address, "%s:%d", host, port);
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
     if (uv_tcp_open(&l->tcp, fd) != 0) {
-        snprintf(err, errlen, "%s:%d: cannot use socket", host, port);
+        snprintf(err, errlen, "%s: cannot use socket", l->address);
         close(fd);
         uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
         return -1;
     }
     int rc = uv_listen((uv_stream_t *)&l->tcp, 511, mg_http_on_accept);
     if (rc != 0) {
-        snprintf(err, errlen, "%s:%d: %s", host, port, uv_strerror(rc));
+        snprintf(err, errlen, "%s: %s", l->address, uv_strerror(rc));
         uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
         return -1;
     }
-    struct sockaddr_storage bound;
-    int bl = sizeof bound;
-    uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&bound, &bl);
-    l->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                : ((struct sockaddr_in *)&bound)->sin_port);
-    snprintf(l->address, sizeof l->address, "%s:%d", host, l->port);
     w->listeners[w->nlisteners++] = l;
-    return l->port;
+    return port;
+}
+
+int mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char *err, size_t errlen)
+{
+    int fd = mg_listen_socket(host, port, 1, err, errlen);
+    if (fd < 0) return -1;
+    return mg_worker_adopt(w, fd, app, host, err, errlen);
 }
 
 void mg_worker_stop_accepting(mg_worker_t *w)
 {
     for (int i = 0; i < w->nlisteners; i++) uv_close((uv_handle_t *)&w->listeners[i]->tcp, (uv_close_cb)free);
     w->nlisteners = 0;
+}
+
+/* ======================== posts from other threads ======================== */
+
+int mg_worker_post(mg_worker_t *w, int kind, int64_t waiter, void *ptr, int arg)
+{
+    pthread_mutex_lock(&w->inbox_mu);
+    if (!w->inbox_open) {
+        pthread_mutex_unlock(&w->inbox_mu);
+        return -1;
+    }
+    if (w->inbox_len == w->inbox_cap) {
+        w->inbox_cap = w->inbox_cap ? w->inbox_cap * 2 : 16;
+        w->inbox = mg_xrealloc(w->inbox, w->inbox_cap * sizeof *w->inbox);
+    }
+    w->inbox[w->inbox_len++] = (mg_event_t){ .kind = kind, .arg = arg, .waiter = waiter, .ptr = ptr };
+    uv_async_send(&w->async);   /* under the lock: the handle cannot be closing */
+    pthread_mutex_unlock(&w->inbox_mu);
+    return 0;
+}
+
+static void on_async(uv_async_t *a)
+{
+    mg_worker_t *w = a->data;
+    mg_event_t local[16];
+    for (;;) {
+        size_t n = 0;
+        pthread_mutex_lock(&w->inbox_mu);
+        n = w->inbox_len < 16 ? w->inbox_len : 16;
+        memcpy(local, w->inbox, n * sizeof *local);
+        memmove(w->inbox, w->inbox + n, (w->inbox_len - n) * sizeof *local);
+        w->inbox_len -= n;
+        pthread_mutex_unlock(&w->inbox_mu);
+        if (n == 0) break;
+        for (size_t i = 0; i < n; i++) {
+            if (local[i].kind >= MG_EV_STOP) mg_process_on_post(w, &local[i]);
+            else mg_worker_queue(w, local[i].kind, local[i].waiter, local[i].ptr, local[i].arg);
+        }
+    }
 }
 
 /* ======================== shutdown ======================== */
@@ -266,7 +324,7 @@ static void on_shutdown_timeout(uv_timer_t *t)
     uv_stop(&w->loop);
 }
 
-static void worker_stop(mg_worker_t *w, const char *why)
+void mg_worker_stop(mg_worker_t *w, const char *why)
 {
     if (w->stopping) return;
     w->stopping = 1;
@@ -279,19 +337,21 @@ static void worker_stop(mg_worker_t *w, const char *why)
 
 void mg_worker_maybe_exit(mg_worker_t *w)
 {
-    if (w->stopping && w->nconns == 0 && w->inflight == 0 && w->ev_len == 0) uv_stop(&w->loop);
+    if (w->stopping && w->nconns == 0 && w->inflight == 0 && w->ev_len == 0 && w->holds == 0)
+        uv_stop(&w->loop);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
 {
     mg_worker_t *w = s->data;
-    switch (signum) {
-    case SIGTERM: worker_stop(w, "SIGTERM"); break;
-    case SIGINT:  worker_stop(w, "SIGINT"); break;
+    if (mg_process_nworkers() > 0) {
+        mg_process_on_signal(w, signum);   /* the gateway: every worker hears it */
+        return;
+    }
+    switch (signum) {                      /* `moongate mock`: one thread */
+    case SIGTERM: mg_worker_stop(w, "SIGTERM"); break;
+    case SIGINT:  mg_worker_stop(w, "SIGINT"); break;
     case SIGUSR1: mg_access_log_reopen(); break;
-    case SIGHUP:
-        mg_log(MG_LOG_WARN, "SIGHUP: reload is not available yet; restart to apply changes");
-        break;
     default: break;
     }
 }
@@ -317,6 +377,10 @@ int mg_worker_init(mg_worker_t *w)
     w->limits.max_connections = 10000;
     w->limits.header_timeout_ms = 30000;
     w->limits.idle_timeout_ms = 60000;
+    pthread_mutex_init(&w->inbox_mu, NULL);
+    uv_async_init(&w->loop, &w->async, on_async);
+    w->async.data = w;
+    w->inbox_open = 1;
     mg_current = w;
     if (mg_multi_init(w) != 0) return -1;
     return 0;
@@ -325,7 +389,7 @@ int mg_worker_init(mg_worker_t *w)
 int mg_worker_run(mg_worker_t *w)
 {
     static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; w->index == 0 && i < 4; i++) {   /* signals are the main thread's */
         uv_signal_init(&w->loop, &w->signals[i]);
         w->signals[i].data = w;
         uv_signal_start(&w->signals[i], on_signal, sigs[i]);
@@ -346,10 +410,15 @@ static void close_walk(uv_handle_t *h, void *arg)
  * belong to objects that are abandoned with the process. */
 void mg_worker_close(mg_worker_t *w)
 {
+    pthread_mutex_lock(&w->inbox_mu);
+    w->inbox_open = 0;                 /* no post can touch the async from here on */
+    pthread_mutex_unlock(&w->inbox_mu);
     mg_lua_close(w);
     mg_multi_close(w);
     uv_walk(&w->loop, close_walk, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_loop_close(&w->loop);
     free(w->ev);
+    free(w->inbox);
+    pthread_mutex_destroy(&w->inbox_mu);
 }

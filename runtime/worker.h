@@ -2,7 +2,12 @@
  *
  * A worker is one thread with its own libuv loop, LuaJIT state and curl multi
  * handle. Every object here belongs to exactly one worker and is only touched
- * from its thread. (One worker for now; several come with the workers issue.)
+ * from its thread; the one exception is the inbox, which other threads post to
+ * (mg_worker_post) under its mutex, waking the loop with a uv_async.
+ *
+ * The process (process.c) has a main worker — the main thread: signals, the
+ * admin listener, reload — and `workers` gateway workers, each on a thread of
+ * its own, accepting on the same ports through SO_REUSEPORT sockets.
  *
  * The one rule that keeps C and Lua apart: C enters Lua only from the worker's
  * event drain (mg_worker_drain), never from inside a call Lua made into C. A
@@ -11,6 +16,7 @@
 #ifndef MG_WORKER_H
 #define MG_WORKER_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <uv.h>
@@ -40,9 +46,13 @@ enum {
     MG_EV_UP_DONE    = 4,   /* ptr = mg_up_t*, arg = MG_OK or an MG_E* code */
     MG_EV_TIMER      = 5,   /* waiter's sleep is over */
     MG_EV_DRAINED    = 6,   /* the client took its backlog (or left): write more */
+    MG_EV_WAKE       = 7,   /* another thread finished what waiter waits for */
+    MG_EV_RELOAD     = 8,   /* main: reload (SIGHUP); worker: apply config generation arg */
     /* C-only events, handled without entering Lua */
     MG_EV_CONN_RESUME = 100, /* ptr = mg_conn_t*: parse what was pipelined */
-    MG_EV_UP_WAKE     = 101  /* ptr = mg_up_t*: tell Lua what the transfer has next */
+    MG_EV_UP_WAKE     = 101, /* ptr = mg_up_t*: tell Lua what the transfer has next */
+    MG_EV_STOP        = 102, /* posted: stop accepting and drain (SIGTERM on main) */
+    MG_EV_WORKER_EXIT = 103  /* posted to main: a worker's loop has ended */
 };
 
 /* Result codes of an upstream transfer, converted from CURLcode in upstream.c. */
@@ -82,6 +92,7 @@ struct mg_listener {
 
 struct mg_worker {
     uv_loop_t       loop;
+    int             index;          /* 0: the main thread; 1..n: gateway workers */
     struct lua_State *L;
     int             lua_event_ref;  /* registry ref of runtime.event */
     mg_multi_t     *multi;
@@ -97,11 +108,19 @@ struct mg_worker {
     uv_check_t      check;
     int             draining_events;
 
+    /* events posted from other threads */
+    uv_async_t      async;
+    pthread_mutex_t inbox_mu;
+    mg_event_t     *inbox;
+    size_t          inbox_len, inbox_cap;
+    int             inbox_open;      /* async is live: posts are accepted */
+
     mg_conn_t      *conns;           /* all open client connections */
     int             nconns;
     int64_t         inflight;        /* requests handed to Lua and not yet released */
 
     int             stopping;        /* SIGTERM seen: no new connections or requests */
+    int             holds;           /* main: workers still running (its loop waits for them) */
     double          shutdown_timeout;
     uv_timer_t      shutdown_timer;
     uv_signal_t     signals[5];
@@ -171,12 +190,27 @@ struct mg_req {
 extern __thread mg_worker_t *mg_current;
 int  mg_worker_init(mg_worker_t *w);
 void mg_worker_queue(mg_worker_t *w, int kind, int64_t waiter, void *ptr, int arg);
+/* From any thread: queue an event on w's loop. Returns -1 once w has closed. */
+int  mg_worker_post(mg_worker_t *w, int kind, int64_t waiter, void *ptr, int arg);
+void mg_worker_stop(mg_worker_t *w, const char *why);
 void mg_worker_unqueue_ptr(mg_worker_t *w, void *ptr);  /* drop events for a freed object */
 int  mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char *err, size_t errlen);
+/* A bound, listening SO_REUSEPORT socket (probe: refuse a port another
+ * process holds); mg_worker_adopt serves it on w's loop. */
+int  mg_listen_socket(const char *host, int port, int probe, char *err, size_t errlen);
+int  mg_worker_adopt(mg_worker_t *w, int fd, int app, const char *host, char *err, size_t errlen);
 void mg_worker_stop_accepting(mg_worker_t *w);
 void mg_worker_maybe_exit(mg_worker_t *w);
 int  mg_worker_run(mg_worker_t *w);
 void mg_worker_close(mg_worker_t *w);
+
+/* process.c — the main thread and the gateway workers */
+int  mg_process_nworkers(void);
+void mg_process_on_signal(mg_worker_t *main, int signum);   /* main thread, run mode */
+void mg_process_on_post(mg_worker_t *w, const mg_event_t *ev);  /* C-only posted events */
+int  mg_process_adopt_listeners(mg_worker_t *w, char *err, size_t errlen);
+void mg_process_set_paths(const char *home, const char *config);
+void mg_process_join(void);
 
 /* http.c — client side HTTP/1.1 */
 void mg_http_on_accept(uv_stream_t *server, int status);

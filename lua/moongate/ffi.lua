@@ -76,6 +76,18 @@ void mg_set_limits(double max_body, double max_header, int max_connections,
                    double header_timeout, double idle_timeout, double shutdown_timeout);
 int  mg_access_log(const char *target);
 
+int   mg_cpus_available(void);
+int   mg_listen_prepare(const char *host, int port, int n, int app, char *err, size_t errlen);
+int   mg_workers_start(int n, char *err, size_t errlen);
+int   mg_worker_index(void);
+int   mg_worker_count(void);
+void  mg_config_set(const char *src, size_t len);
+char *mg_config_source(int *gen, size_t *len);
+int   mg_reload_publish(const char *src, size_t len, int64_t waiter);
+void  mg_reload_done(int gen, int ok, const char *msg, size_t len);
+const char *mg_reload_errors(size_t *len);
+void  mg_free(void *p);
+
 int  mg_metric_declare(const char *name, int type, const char *help,
                        const double *buckets, int nbuckets);
 void mg_metric_add(int id, const char *labels, size_t llen, double v);
@@ -95,5 +107,6 @@ _M.sz2 = ffi.new("size_t[1]")
 _M.cp1 = ffi.new("const char *[1]")
 _M.cp2 = ffi.new("const char *[1]")
 _M.errbuf = ffi.new("char[256]")
+_M.int1 = ffi.new("int[1]")
 
 return _M

@@ -30,12 +30,14 @@ local str_find, str_lower, str_sub = string.find, string.lower, string.sub
 
 local _M = { _VERSION = "0.1" }
 
-local EV_REQUEST = 1
+local EV_REQUEST, EV_WAKE, EV_RELOAD = 1, 7, 8
 local APP_GATEWAY, APP_ADMIN, APP_MOCK = 1, 2, 3
 
 local state = {
-  mode = nil,          -- "run" | "mock" | "check"
-  cfg = nil,           -- the running config (run mode)
+  mode = nil,          -- "run" (the main thread) | "worker" | "mock" | "check"
+  opts = nil,          -- what init() was given: home, config path
+  cfg = nil,           -- the running config (run and worker)
+  generation = 0,      -- how many reloads it has been through
   mock_opts = nil,     -- mock mode
   ready = false,
 }
@@ -51,7 +53,27 @@ local pool, npool = {}, 0
 local next_waiter = 0
 local JOB_DONE = {}
 
+-- A job may wait on something of its own (gw.sleep, gw.http) while events for
+-- its main waiter keep coming (a stream being read in on_chunk): it takes a
+-- nested waiter id, and events for the main one wait in a backlog until the
+-- nested wait is over.
+local awaiting = {}    -- coroutine -> the nested waiter id it waits on
+local backlog = {}     -- main waiter id -> { {kind, ptr, arg, data}, ... }
+
 gw._waiter_of = function(co) return co_waiter[co] end
+
+function gw._waiter_new(co)
+  if not co_waiter[co] then return nil end
+  next_waiter = next_waiter + 1
+  waiters[next_waiter] = co
+  awaiting[co] = next_waiter
+  return next_waiter
+end
+
+function gw._waiter_done(co, id)
+  waiters[id] = nil
+  awaiting[co] = nil
+end
 
 local function co_main(fn, a, b)
   while true do
@@ -69,6 +91,7 @@ local function resume(co, ...)
   gw._current = prev
   if r == JOB_DONE and ok then
     waiters[co_waiter[co]] = nil
+    backlog[co_waiter[co]] = nil
     co_waiter[co] = nil
     co_ctx[co] = nil
     npool = npool + 1
@@ -82,8 +105,18 @@ local function resume(co, ...)
   end
   if co_status(co) == "dead" then
     waiters[co_waiter[co]] = nil
+    backlog[co_waiter[co]] = nil
     co_waiter[co] = nil
     co_ctx[co] = nil
+    return
+  end
+  -- back from a nested wait: hand over what came for the main waiter meanwhile
+  local id = co_waiter[co]
+  local q = backlog[id]
+  if q and not awaiting[co] then
+    local e = table.remove(q, 1)
+    if #q == 0 then backlog[id] = nil end
+    return resume(co, e[1], e[2], e[3], e[4])
   end
 end
 
@@ -108,8 +141,23 @@ function _M.event(kind, waiter, ptr, arg, data)
     return spawn(_M.serve, ffi.cast("mg_req_t *", ptr), arg)  -- ptr: address as a number (JIT-friendly)
   end
   local co = waiters[waiter]
-  if co then resume(co, kind, ptr, arg, data) end
+  if not co then
+    if kind == EV_RELOAD then return _M.on_reload(arg) end
+    return
+  end
+  local nested = awaiting[co]
+  if nested and nested ~= waiter then
+    local q = backlog[waiter]
+    if not q then
+      q = {}
+      backlog[waiter] = q
+    end
+    q[#q + 1] = { kind, ptr, arg, data }
+    return
+  end
+  resume(co, kind, ptr, arg, data)
 end
+_M.spawn = spawn
 
 -- ====================== the request ======================
 
@@ -530,14 +578,49 @@ local function admin_authorized(req, token)
   return given ~= nil and token ~= nil and constant_time_eq(given, token)
 end
 
-local function admin_json(ctx, status, doc)
-  send_whole(ctx, status, gw.json.encode(doc), { ["content-type"] = "application/json" })
+-- Empty lists marked with gw.json.array_mt go out as [] rather than {}.
+local EMPTY_ARRAY = "\0mg-empty-array\0"
+local function mark_arrays(v, seen)
+  if type(v) ~= "table" then return v end
+  if next(v) == nil then return getmetatable(v) == gw.json.array_mt and EMPTY_ARRAY or v end
+  seen = seen or {}
+  if seen[v] then return v end
+  seen[v] = true
+  local out = {}
+  for k, x in pairs(v) do out[k] = mark_arrays(x, seen) end
+  return out
 end
 
-local function serve_admin(r)
-  local req = read_request(r)
-  C.mg_request_id(idbuf)
-  local ctx = { id = ffi_string(idbuf, 32), request = req, _req = r }
+local function admin_json(ctx, status, doc)
+  local body = gw.json.encode(mark_arrays(doc)):gsub('"\\u0000mg%-empty%-array\\u0000"', "[]")
+  send_whole(ctx, status, body, { ["content-type"] = "application/json" })
+end
+
+-- /admin/* endpoints: path -> method -> handler(ctx, req)
+local ADMIN = {
+  ["/admin/config"] = {
+    GET = function(ctx)
+      local redact = require("moongate.redact")
+      admin_json(ctx, 200, { generation = state.generation, config = redact.config(state.cfg) })
+    end,
+  },
+  ["/admin/reload"] = {
+    POST = function(ctx)
+      local ok, status, errs = _M.reload("POST /admin/reload")
+      if ok then
+        setmetatable(status, gw.json.array_mt)
+        return admin_json(ctx, 200, { status = "reloaded", generation = state.generation,
+          restart_required = status })
+      end
+      admin_json(ctx, status, { error = {
+        message = status == 400 and ("config not reloaded: " .. #errs .. " error(s); the running config is unchanged")
+          or (status == 500 and "config reloaded on some workers only" or errs[1]),
+        errors = setmetatable(errs, gw.json.array_mt) } })
+    end,
+  },
+}
+
+local function admin_handle(r, req, ctx)
   local cfg = state.cfg
   local admin = cfg and cfg.admin or {}
   local path = req.path
@@ -558,10 +641,38 @@ local function serve_admin(r)
     elseif not admin_authorized(req, admin.token) then
       admin_json(ctx, 401, { error = { message = "missing or wrong admin token" } })
     else
-      admin_json(ctx, 404, { error = { message = "no admin endpoint " .. req.method .. " " .. path } })
+      local h = ADMIN[path]
+      if not h then
+        admin_json(ctx, 404, { error = { message = "no admin endpoint " .. req.method .. " " .. path } })
+      elseif not h[req.method] then
+        local allow = {}
+        for m in pairs(h) do allow[#allow + 1] = m end
+        table.sort(allow)
+        allow = concat(allow, ", ")
+        send_whole(ctx, 405, gw.json.encode({ error = { message = req.method .. " " .. path ..
+          " is not allowed; use " .. allow } }), { ["content-type"] = "application/json", allow = allow })
+      else
+        h[req.method](ctx, req)
+      end
     end
   else
     admin_json(ctx, 404, { error = { message = "not found" } })
+  end
+end
+
+-- An admin request: an error in a handler is a 500 and a log line, never a
+-- hung connection.
+local function serve_admin(r)
+  local req = read_request(r)
+  C.mg_request_id(idbuf)
+  local ctx = { id = ffi_string(idbuf, 32), request = req, _req = r }
+  co_ctx[co_running()] = ctx
+  local ok, err = pcall(admin_handle, r, req, ctx)
+  if not ok then
+    gw.log("error", "admin " .. req.method .. " " .. req.path .. " failed: " .. tostring(err))
+    if C.mg_resp_status(r) == 0 then
+      admin_json(ctx, 500, { error = { message = "internal error" } })
+    end
   end
   C.mg_req_release(r)
 end
@@ -651,46 +762,104 @@ local function unsupported(cfg)
         name, p.type)
     end
   end
+  if cfg.cluster and cfg.cluster.redis then
+    errs[#errs + 1] = "cluster.redis: Redis-backed limits and budgets are not available in this build yet"
+  end
   table.sort(errs)
   return errs
 end
 
-local function load_config(opts)
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local src = f:read("*a")
+  f:close()
+  return src
+end
+
+-- load_config(source): the config from this text (every worker runs the text
+-- main read, so a file edited meanwhile cannot split them).
+local function load_config(source)
+  local opts = state.opts
   local cfg, errs = config.load(opts.config, { plugin_dirs = plugin_dirs(opts.home),
-    compile_expr = compile_expr })
+    compile_expr = compile_expr, source = source })
   if not cfg then return nil, errs end
   errs = unsupported(cfg)
   if #errs > 0 then return nil, errs end
   return cfg
 end
 
+-- SPEC §1: these need a restart. A reload that changes one keeps the
+-- running value and names it.
+local function same(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return false end
+  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+
+local function keep_restart_only(old, new)
+  local kept = {}
+  for _, k in ipairs({ "listen", "workers", "data_dir", "cluster" }) do
+    if not same(old[k], new[k]) then
+      kept[#kept + 1] = k
+      new[k] = old[k]
+    end
+  end
+  local oa, na = old.admin and old.admin.listen, new.admin and new.admin.listen
+  if not same(oa, na) then
+    kept[#kept + 1] = "admin.listen"
+    new.admin = new.admin or {}
+    new.admin.listen = oa
+  end
+  return kept
+end
+
+local function apply_limits(cfg)
+  local l = cfg.limits
+  C.mg_set_limits(l.max_body, l.max_header, l.max_connections, l.header_timeout,
+    l.idle_timeout, cfg.shutdown_timeout)
+end
+
+local function config_source()
+  local gen, sz = mgffi.int1, mgffi.sz1
+  local p = C.mg_config_source(gen, sz)
+  if p == nil then return gen[0], nil end
+  local src = ffi_string(p, sz[0])
+  C.mg_free(p)
+  return gen[0], src
+end
+
+local function worker_count(cfg)
+  if cfg.workers == "auto" then return C.mg_cpus_available() end
+  return cfg.workers
+end
+
+-- The main thread: load and check the config, open the admin listener and
+-- one socket per worker on each listen address, start the workers.
 local function init_run(opts)
-  local cfg, errs = load_config(opts)
+  local src, rerr = read_file(opts.config)
+  if not src then
+    io.stderr:write("cannot read ", opts.config, ": ", tostring(rerr), "\n")
+    return 1
+  end
+  local cfg, errs = load_config(src)
   if not cfg then
     for _, e in ipairs(errs) do io.stderr:write(e, "\n") end
     return 1
   end
-  local l = cfg.limits
-  C.mg_set_limits(l.max_body, l.max_header, l.max_connections, l.header_timeout,
-    l.idle_timeout, cfg.shutdown_timeout)
+  apply_limits(cfg)
   if cfg.access_log then
     local rc = C.mg_access_log(cfg.access_log)
     if rc ~= 0 then
       io.stderr:write("access_log: cannot open ", cfg.access_log, "\n")
       return 1
     end
-    state.access_log = true
   end
   metrics.init()
   state.cfg = cfg
-  for i, addr in ipairs(cfg.listen) do
-    local port, err = listen(addr, APP_GATEWAY)
-    if not port then
-      io.stderr:write("listen[", i, "]: ", err, "\n")
-      return 1
-    end
-    gw.log("info", "listening on " .. addr.host .. ":" .. port)
-  end
+  C.mg_config_set(src, #src)
   if cfg.admin and cfg.admin.listen then
     local port, err = listen(cfg.admin.listen, APP_ADMIN)
     if not port then
@@ -699,12 +868,125 @@ local function init_run(opts)
     end
     gw.log("info", "admin on " .. cfg.admin.listen.host .. ":" .. port)
   end
+  local n = worker_count(cfg)
+  local err = mgffi.errbuf
+  for i, addr in ipairs(cfg.listen) do
+    local port = C.mg_listen_prepare(addr.host, addr.port, n, APP_GATEWAY, err, 256)
+    if port < 0 then
+      io.stderr:write("listen[", i, "]: ", ffi_string(err), "\n")
+      return 1
+    end
+    gw.log("info", "listening on " .. addr.host .. ":" .. port)
+  end
+  if C.mg_workers_start(n, err, 256) ~= 0 then
+    io.stderr:write(ffi_string(err), "\n")
+    return 1
+  end
+  gw.log("info", n .. " worker(s) running")
   state.ready = true
   return 0
 end
 
+-- A gateway worker: the same config, from the text main read.
+local function init_worker()
+  local gen, src = config_source()
+  local cfg, errs = load_config(src)
+  if not cfg then
+    for _, e in ipairs(errs) do io.stderr:write(e, "\n") end
+    return 1
+  end
+  apply_limits(cfg)
+  state.access_log = cfg.access_log and true or false
+  metrics.init()
+  state.cfg, state.generation = cfg, gen
+  state.ready = true
+  return 0
+end
+
+-- A worker applies generation `gen`: requests in flight keep the config they
+-- started with (ctx.config); new ones get this one.
+local function worker_reload(gen)
+  local ok, err = pcall(function()
+    local g, src = config_source()
+    local cfg, errs = load_config(src)
+    if not cfg then return concat(errs, "\n") end
+    keep_restart_only(state.cfg, cfg)
+    apply_limits(cfg)
+    state.access_log = cfg.access_log and true or false
+    state.cfg, state.generation = cfg, g
+  end)
+  local msg = (not ok and tostring(err)) or err
+  if msg then
+    gw.log("error", "reload failed on this worker; it keeps its config: " .. msg)
+    C.mg_reload_done(gen, 0, msg, #msg)
+  else
+    C.mg_reload_done(gen, 1, nil, 0)
+  end
+end
+
+-- main: reload gateway.lua on every worker. Returns true, { kept keys } or
+-- nil, status, { errors }. Runs in a coroutine (it waits for the workers).
+local function reload(why)
+  if state.reloading then return nil, 409, { "a reload is already in progress" } end
+  if C.mg_stopping() ~= 0 then return nil, 503, { "the gateway is stopping" } end
+  local path = state.opts.config
+  local src, rerr = read_file(path)
+  if not src then return nil, 400, { "cannot read " .. path .. ": " .. tostring(rerr) } end
+  local cfg, errs = load_config(src)
+  if not cfg then return nil, 400, errs end
+  local old = state.cfg
+  local kept = keep_restart_only(old, cfg)
+  if cfg.access_log ~= old.access_log then
+    -- before any worker writes to it
+    local rc = C.mg_access_log(cfg.access_log or nil)
+    if rc ~= 0 then return nil, 400, { "access_log: cannot open " .. tostring(cfg.access_log) } end
+  end
+  state.reloading = true
+  local co = co_running()
+  local id = gw._waiter_new(co)
+  C.mg_reload_publish(src, #src, id)
+  repeat local kind = coroutine.yield() until kind == EV_WAKE
+  gw._waiter_done(co, id)
+  state.reloading = false
+  apply_limits(cfg)
+  state.cfg = cfg
+  state.generation = state.generation + 1
+  local sz = mgffi.sz1
+  local failed = ffi_string(C.mg_reload_errors(sz), sz[0])
+  if failed ~= "" then
+    local lines = {}
+    for line in failed:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    gw.log("error", why .. ": reload failed on some workers: " .. concat(lines, "; "))
+    return nil, 500, lines
+  end
+  for _, k in ipairs(kept) do
+    gw.log("warn", why .. ": " .. k .. " changed; it needs a restart and keeps its running value")
+  end
+  gw.log("info", why .. ": config reloaded (generation " .. state.generation .. ")")
+  return true, kept
+end
+_M.reload = reload
+
+-- EV_RELOAD: SIGHUP on main (arg 0), or a generation to apply on a worker
+function _M.on_reload(gen)
+  if state.mode == "worker" then return worker_reload(gen) end
+  if state.mode ~= "run" then return end
+  spawn(function()
+    local ok, status, errs = reload("SIGHUP")
+    if not ok then
+      gw.log("error", "SIGHUP: config not reloaded (" .. status .. "); the running config is unchanged:\n  " ..
+        concat(errs, "\n  "))
+    end
+  end)
+end
+
 local function init_check(opts)
-  local cfg, errs = load_config(opts)
+  local src, rerr = read_file(opts.config)
+  if not src then
+    io.stdout:write("cannot read ", opts.config, ": ", tostring(rerr), "\n")
+    return 1
+  end
+  local cfg, errs = load_config(src)
   if not cfg then
     for _, e in ipairs(errs) do io.stdout:write(e, "\n") end
     return 1
@@ -746,6 +1028,7 @@ end
 -- init(opts) -> exit code; 0 means "run the loop". opts: home, config, mode, argv
 function _M.init(opts)
   state.mode = opts.mode
+  state.opts = opts
   -- diagnostics for performance work: MOONGATE_JIT_LOG=FILE logs JIT traces and aborts
   local jitlog = os.getenv("MOONGATE_JIT_LOG")
   if jitlog and jitlog ~= "" then
@@ -770,6 +1053,7 @@ function _M.init(opts)
     if rc == 3 then return 0 end
     return rc
   end
+  if opts.mode == "worker" then return init_worker() end
   return init_run(opts)
 end
 

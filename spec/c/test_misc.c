@@ -1,5 +1,9 @@
 /* Unit tests for the small services Lua uses: request ids, clocks, the access log. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <fcntl.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -22,6 +26,26 @@ static void test_clocks(void)
     double t1 = mg_monotonic(), t2 = mg_monotonic();
     CHECK(t2 >= t1);
     CHECK(mg_now() > 1.7e9);   /* after 2023: the wall clock is in seconds */
+}
+
+/* workers = "auto": never more than the affinity mask allows, at least 1 */
+static void test_cpus_available(void)
+{
+    int n = mg_cpus_available();
+    CHECK(n >= 1);
+    CHECK(n <= sysconf(_SC_NPROCESSORS_ONLN));
+    cpu_set_t saved, one;
+    CHECK(sched_getaffinity(0, sizeof saved, &saved) == 0);
+    CPU_ZERO(&one);
+    for (int i = 0; i < CPU_SETSIZE; i++) {
+        if (CPU_ISSET(i, &saved)) {
+            CPU_SET(i, &one);
+            break;
+        }
+    }
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+    CHECK(mg_cpus_available() == 1);
+    CHECK(sched_setaffinity(0, sizeof saved, &saved) == 0);
 }
 
 static void test_access_log_file(void)
@@ -56,4 +80,4 @@ static void test_access_log_file(void)
     unlink(moved);
 }
 
-TEST_MAIN(test_request_ids, test_clocks, test_access_log_file)
+TEST_MAIN(test_request_ids, test_clocks, test_cpus_available, test_access_log_file)

@@ -10,6 +10,7 @@ local signal  = require "posix.signal"
 local CONFIG = [[
 listen = { "127.0.0.1:${PORT}" }
 admin  = { listen = "127.0.0.1:${ADMIN_PORT}" }
+workers = 2                      -- the stop reaches every worker
 access_log = "stdout"
 shutdown_timeout = "${SHUTDOWN}"
 limits = { idle_timeout = "1s", header_timeout = "5s" }
@@ -205,6 +206,8 @@ describe("lifecycle", function()
     helpers.wait_until(function() return refused(gw.port) end, 5,
                        "new connections refused after SIGTERM")
     assert.truthy(gw.proc:alive(), "exited with a stream still in flight")
+    -- the admin listener stays up while workers drain, and says not ready
+    assert.equal(503, helpers.http(gw.admin_port, { path = "/ready" }).status)
 
     up:release("term")
     local rest, reason = s:read_all(10)

@@ -336,9 +336,12 @@ describe("proxy", function()
     end)
 
     it("reuses its upstream connection for sequential requests", function()
+      -- one client connection: one worker, whose connection pool is its own
+      local conn = helpers.connect(gw.port)
       for _ = 1, 4 do
-        assert.equal(200, chat(gw.port).status)
+        assert.equal(200, chat(gw.port, { conn = conn }).status)
       end
+      conn:close()
       local stats = up:stats()
       assert.equal(4, stats.requests)
       assert.equal(1, stats.connections)
