@@ -254,16 +254,19 @@ static void *worker_main(void *arg)
         snprintf(err, sizeof err, "worker %d: cannot load the config", idx);
         report(1, err);
         mg_worker_close(w);
+        mg_shared_thread_done();
         return NULL;
     }
     if (mg_process_adopt_listeners(w, err, sizeof err) != 0) {
         report(1, err);
         mg_worker_close(w);
+        mg_shared_thread_done();
         return NULL;
     }
     report(0, NULL);
     mg_worker_run(w);
     mg_worker_close(w);
+    mg_shared_thread_done();
     mg_worker_post(P.main, MG_EV_WORKER_EXIT, 0, NULL, idx);
     return NULL;
 }

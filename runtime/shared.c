@@ -183,11 +183,20 @@ static entry_t *create(shard_t *s, uint64_t h, const char *k, size_t kl, double 
 
 /* ---- the operations (ffi.h) ---- */
 
+/* mg_shared_get copies a string out under the lock into this thread's buffer */
+static __thread char  *get_buf;
+static __thread size_t get_cap;
+
+void mg_shared_thread_done(void)
+{
+    free(get_buf);
+    get_buf = NULL;
+    get_cap = 0;
+}
+
 int mg_shared_get(const char *k, size_t kl, double *num, const char **str, size_t *slen)
 {
     /* a string is copied out: the entry may change once the lock is gone */
-    static __thread char *buf;
-    static __thread size_t cap;
     uint64_t h = mg_hash(k, kl);
     shard_t *s = shard_of(h);
     pthread_mutex_lock(&s->lock);
@@ -198,12 +207,12 @@ int mg_shared_get(const char *k, size_t kl, double *num, const char **str, size_
         if (type == MG_SHARED_NUMBER) {
             *num = e->num;
         } else {
-            if (e->slen + 1 > cap) {
-                cap = e->slen + 1;
-                buf = mg_xrealloc(buf, cap);
+            if (e->slen + 1 > get_cap) {
+                get_cap = e->slen + 1;
+                get_buf = mg_xrealloc(get_buf, get_cap);
             }
-            memcpy(buf, e->str, e->slen);
-            *str = buf;
+            memcpy(get_buf, e->str, e->slen);
+            *str = get_buf;
             *slen = e->slen;
         }
     }

@@ -420,5 +420,7 @@ void mg_worker_close(mg_worker_t *w)
     uv_loop_close(&w->loop);
     free(w->ev);
     free(w->inbox);
-    pthread_mutex_destroy(&w->inbox_mu);
+    /* the mutex is not destroyed: another thread may still be about to find
+     * inbox_open == 0 under it (it is a no-op on Linux, and the memory goes
+     * with the worker after pthread_join) */
 }

@@ -212,6 +212,9 @@ int  mg_process_adopt_listeners(mg_worker_t *w, char *err, size_t errlen);
 void mg_process_set_paths(const char *home, const char *config);
 void mg_process_join(void);
 
+/* shared.c: free this thread's buffers before it ends */
+void mg_shared_thread_done(void);
+
 /* http.c — client side HTTP/1.1 */
 void mg_http_on_accept(uv_stream_t *server, int status);
 void mg_conn_resume(mg_conn_t *c);

@@ -52,10 +52,10 @@ _M.hooks = { "init", "on_route", "on_request", "on_balance", "on_upstream_reques
 -- returns a table (the order globals were set in is used otherwise).
 local TOP_ORDER = { "listen", "admin", "workers", "data_dir", "shutdown_timeout", "limits", "ledger",
                     "access_log", "providers", "backends", "routes", "teams", "model_budgets",
-                    "consumers", "plugins", "cluster" }
+                    "consumers", "plugins", "cluster", "shared" }
 
 local TABLE_SECTIONS = { "listen", "admin", "limits", "ledger", "providers", "backends", "routes",
-                         "teams", "model_budgets", "consumers", "plugins", "cluster" }
+                         "teams", "model_budgets", "consumers", "plugins", "cluster", "shared" }
 
 local RESERVED_ENTRY_KEYS = { name = true, path = true, handler = true, priority = true }
 
@@ -427,6 +427,9 @@ local TOP = {
         plugins = PLUGIN_LIST,
         cluster = { type = "object", default = {},
                     properties = { redis = STRING, fail_open = { type = "boolean", default = true } } },
+        -- gw.shared's bound (moongate's own option; restart-only)
+        shared = { type = "object", default = {},
+                   properties = { max_keys = { type = "integer", minimum = 16, default = 200000 } } },
     },
 }
 _M.schema = TOP
@@ -487,10 +490,16 @@ local function full_source(msg, path)
     return msg
 end
 
--- Runs gateway.lua in a fresh environment. Returns the config table, the order top-level
--- globals were set in (nil when the file returned a table) | nil, error as Lua reports it.
-local function run_file(path, env_get)
-    local chunk, err = loadfile(path)
+-- Runs gateway.lua (or `source`, its text read earlier, named after path) in a fresh
+-- environment. Returns the config table, the order top-level globals were set in (nil when
+-- the file returned a table) | nil, error as Lua reports it.
+local function run_file(path, env_get, source)
+    local chunk, err
+    if source ~= nil then
+        chunk, err = loadstring(source, "@" .. path)
+    else
+        chunk, err = loadfile(path)
+    end
     if not chunk then
         return nil, full_source(err, path)
     end
@@ -1076,7 +1085,10 @@ end
 -- opts.env: function(name) -> string|nil used instead of os.getenv (tests);
 -- opts.compile_expr: optional function(source, path) -> fn | nil, err used to check expressions
 -- (`when`, `unhealthy_condition`) at load; the config keeps the source text either way;
--- opts.cwd: folder a relative `path` is taken from (default: the process's working directory).
+-- opts.cwd: folder a relative `path` is taken from (default: the process's working directory);
+-- opts.source: the file's text, read by the caller (every worker of a reload runs the same
+-- text, whatever happens to the file meanwhile); `path` still names it in errors and anchors
+-- relative paths.
 -- errors is a list of strings: one Lua error "FILE:LINE: message", or "option.path: message"s.
 function _M.load(path, opts)
     if type(path) ~= "string" then
@@ -1091,7 +1103,10 @@ function _M.load(path, opts)
     end
     local dir = dirname(file)
 
-    local raw, order = run_file(path, opts.env or getenv)
+    if opts.source ~= nil and type(opts.source) ~= "string" then
+        error("config.load: opts.source must be a string", 2)
+    end
+    local raw, order = run_file(path, opts.env or getenv, opts.source)
     if raw == nil then
         return nil, { order }
     end

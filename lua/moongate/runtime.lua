@@ -801,7 +801,7 @@ end
 
 local function keep_restart_only(old, new)
   local kept = {}
-  for _, k in ipairs({ "listen", "workers", "data_dir", "cluster" }) do
+  for _, k in ipairs({ "listen", "workers", "data_dir", "cluster", "shared" }) do
     if not same(old[k], new[k]) then
       kept[#kept + 1] = k
       new[k] = old[k]
@@ -858,6 +858,7 @@ local function init_run(opts)
     end
   end
   metrics.init()
+  C.mg_shared_init(cfg.shared.max_keys)
   state.cfg = cfg
   C.mg_config_set(src, #src)
   if cfg.admin and cfg.admin.listen then

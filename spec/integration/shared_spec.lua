@@ -5,6 +5,7 @@ local helpers = require "spec.support.helpers"
 
 local CONFIG = [[
 listen = { "127.0.0.1:${PORT}" }
+shared = { max_keys = 64 }
 providers = { m = { type = "mock" } }
 backends = { main = { provider = "m", model = false } }
 routes = { { match = { path_prefix = "/v1" }, backend = "main" } }
@@ -29,9 +30,14 @@ plugins = {
         elseif q == "op=get-short" then
           return gw.respond(200, { gone = s.get("short") == nil })
         elseif q == "op=bad" then
-          s.incr("greeting", 1)          -- a string: incr refuses, returns nil, err
-          local v, err = s.incr("greeting", 1)
+          s.set("greeting", "hello", 60)
+          local v, err = s.incr("greeting", 1)   -- a string: incr refuses, returns nil, err
           return gw.respond(200, { err = err })
+        elseif q == "op=fill" then
+          for i = 1, 200 do s.set("fill:" .. i, i) end
+          local present = 0
+          for i = 1, 200 do if s.get("fill:" .. i) then present = present + 1 end end
+          return gw.respond(200, { present = present, last = s.get("fill:200") })
         elseif q == "op=misuse" then
           s.incr(nil)                    -- raises: the plugin fails, 500
         end
@@ -88,6 +94,13 @@ describe("gw.shared", function()
       local _, g = op("get-short")
       return g.gone
     end, 10, "a key with a 0.2 s ttl was still there")
+  end)
+
+  it("stays within shared.max_keys, keeping the most recent keys", function()
+    local _, r = op("fill")
+    assert.truthy(r.present <= 64, r.present .. " keys kept with max_keys = 64")
+    assert.truthy(r.present > 0)
+    assert.equal(200, r.last)
   end)
 
   it("reports an operation on the wrong type, and misuse as a plugin error", function()

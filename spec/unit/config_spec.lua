@@ -53,6 +53,25 @@ describe("config.load", function()
         routes = { { match = { path_prefix = "/v1" }, backend = "fast" } }
     ]]
 
+    describe("opts.source", function()
+        it("runs the given text instead of the file's, named after the file", function()
+            local path = write(dir .. "/gateway.lua", "this is not lua")
+            local cfg = assert(config.load(path, { plugin_dirs = { FIXTURE_PLUGINS }, env = env_from({}),
+                source = MINIMAL .. "\nshutdown_timeout = '7s'\n" }))
+            assert.equal(7, cfg.shutdown_timeout)
+            assert.equal(path, cfg.file)
+        end)
+
+        it("reports a syntax error in the text as FILE:LINE", function()
+            local path = write(dir .. "/gateway.lua", MINIMAL)
+            local cfg, errs = config.load(path, { plugin_dirs = { FIXTURE_PLUGINS }, env = env_from({}),
+                source = "listen = {\n\n" })
+            assert.is_nil(cfg)
+            assert.equal(1, #errs)
+            assert.matches("^" .. path:gsub("%p", "%%%0") .. ":3: ", errs[1])
+        end)
+    end)
+
     describe("the SPEC §2 example", function()
         local cfg
 
