@@ -62,11 +62,17 @@ MG_EXPORT int      mg_up_header(mg_up_t *u, int i, const char **name, size_t *nl
                                 const char **val, size_t *vlen);
 /* After MG_EV_UP_HEADERS, say where the body goes: mg_up_pipe() writes it to
  * the owner's client as it arrives (the response must have been started);
- * mg_up_stream() hands it to Lua as MG_EV_UP_DATA events. */
+ * mg_up_stream() hands it to Lua as MG_EV_UP_DATA events. A stream may turn
+ * into a pipe later (after Lua has read the first bytes): the bytes Lua
+ * holds from the event being handled are not written again. */
 MG_EXPORT int      mg_up_pipe(mg_up_t *u);
 MG_EXPORT int      mg_up_stream(mg_up_t *u);
 MG_EXPORT const char *mg_up_errmsg(mg_up_t *u);
 MG_EXPORT double   mg_up_ttfb(mg_up_t *u);      /* seconds from start to first header byte */
+/* Deadlines for the first body byte (seconds from the start) and for the
+ * silence between body bytes; 0 turns either off. Missing one ends the
+ * transfer as a timeout. -1 when the transfer is already over. */
+MG_EXPORT int      mg_up_watch(mg_up_t *u, double first_byte, double idle);
 MG_EXPORT void     mg_up_free(mg_up_t *u);      /* aborts if running; no event follows */
 
 /* -- JSON bodies (json.c) ------------------------------------------------ */
@@ -99,6 +105,13 @@ MG_EXPORT int    mg_shared_reserve(const char *k, size_t kl, double n, double li
 MG_EXPORT int    mg_shared_settle(const char *k, size_t kl, double reserved, double actual,
                                   double *out);
 MG_EXPORT size_t mg_shared_count(void);
+
+/* -- digests (crypto.c, mbedTLS) ----------------------------------------- */
+MG_EXPORT void mg_sha256(const void *data, size_t len, unsigned char out[32]);
+MG_EXPORT int  mg_hmac_sha256(const void *key, size_t klen, const void *data, size_t len,
+                              unsigned char out[32]);
+/* 1 when the two buffers are equal; time depends only on len */
+MG_EXPORT int  mg_const_eq(const void *a, const void *b, size_t len);
 
 /* -- time, sleep, logs, ids ----------------------------------------------- */
 MG_EXPORT double mg_now(void);          /* wall clock, seconds */

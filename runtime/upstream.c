@@ -38,6 +38,8 @@ struct mg_multi {
     int          active;
     sock_t     **socks;        /* by fd */
     int          nsocks;
+    uv_timer_t  *watchdog;     /* ticks while some transfer is watched (mg_up_watch) */
+    mg_up_t     *watched;      /* transfers with a first-byte or idle deadline */
 };
 
 /* One per socket curl asks us to watch. uv_poll_start() always drops the fd
@@ -89,6 +91,16 @@ struct mg_up {
     int                refs;
     int                result;
     char               errbuf[CURL_ERROR_SIZE];
+
+    /* mg_up_watch(): deadlines libcurl has no option for (its low-speed
+     * limit counts whole seconds) */
+    mg_up_t           *wnext, *wprev;
+    double             first_deadline;     /* monotonic time the first body byte is due, 0 none */
+    double             idle_limit;         /* most seconds between body bytes, 0 none */
+    double             last_data;
+    unsigned           watched : 1;
+    unsigned           got_body : 1;
+    size_t             handed;             /* inbuf bytes Lua holds in the current MG_EV_UP_DATA */
 };
 
 static void check_done(mg_multi_t *m);
@@ -161,6 +173,8 @@ static void unpause(mg_up_t *u)
 {
     if (!u->paused || !u->running) return;
     u->paused = 0;
+    /* the time spent paused was the client's, not the provider's silence */
+    if (u->watched) u->last_data = mg_monotonic();
     curl_easy_pause(u->easy, CURLPAUSE_CONT);
     /* unpausing may have delivered data or finished the transfer */
     check_done(u->m);
@@ -202,7 +216,9 @@ void mg_up_deliver(mg_worker_t *w, mg_up_t *u)
             return;
         }
         u->refs++;
+        if (ev.kind == MG_EV_UP_DATA) u->handed = u->inbuf.len;
         mg_lua_event(w, &ev);
+        u->handed = 0;
         if (u->freed) {
             up_unref(u);
             return;
@@ -279,6 +295,10 @@ static size_t on_write(char *data, size_t size, size_t n, void *ud)
     mg_up_t *u = ud;
     size_t len = size * n;
     if (u->aborted) return 0;
+    if (u->watched) {
+        u->got_body = 1;
+        u->last_data = mg_monotonic();
+    }
     if (u->mode == MODE_PIPE) {
         mg_req_t *r = u->owner;
         if (r == NULL || r->conn == NULL) return 0;
@@ -439,6 +459,79 @@ static void check_done(mg_multi_t *m)
     }
 }
 
+/* ======================== deadlines ======================== */
+
+#define WATCH_TICK_MS 20
+
+static void stop_transfer(mg_up_t *u);
+
+static void watch_unlink(mg_up_t *u)
+{
+    if (!u->watched) return;
+    mg_multi_t *m = u->m;
+    if (u->wprev) u->wprev->wnext = u->wnext;
+    else m->watched = u->wnext;
+    if (u->wnext) u->wnext->wprev = u->wprev;
+    u->wnext = u->wprev = NULL;
+    u->watched = 0;
+}
+
+/* Ends a watched transfer whose provider missed its deadline, as curl would
+ * have with CURLE_OPERATION_TIMEDOUT. */
+static void watch_expire(mg_up_t *u, const char *what, double limit)
+{
+    watch_unlink(u);
+    stop_transfer(u);
+    u->done = 1;
+    u->result = MG_ETIMEDOUT;
+    snprintf(u->errbuf, sizeof u->errbuf, "%s after %.3f s", what, limit);
+    wake(u);
+}
+
+static void on_watchdog(uv_timer_t *t)
+{
+    mg_multi_t *m = t->data;
+    double now = mg_monotonic();
+    mg_up_t *next;
+    for (mg_up_t *u = m->watched; u != NULL; u = next) {
+        next = u->wnext;
+        if (u->done || u->freed) {
+            watch_unlink(u);
+        } else if (!u->got_body) {
+            if (u->first_deadline > 0 && now >= u->first_deadline)
+                watch_expire(u, "no first byte", u->first_deadline - u->t_start);
+        } else if (u->idle_limit > 0 && !u->paused && now - u->last_data >= u->idle_limit) {
+            watch_expire(u, "provider silent", u->idle_limit);
+        }
+    }
+    if (m->watched == NULL) uv_timer_stop(t);
+}
+
+/* A deadline for the first body byte (seconds from the start) and for the
+ * silence between body bytes after it; 0 turns either off. */
+int mg_up_watch(mg_up_t *u, double first_byte, double idle)
+{
+    mg_multi_t *m = u->m;
+    if (u->freed || u->done) return -1;
+    u->first_deadline = first_byte > 0 ? u->t_start + first_byte : 0;
+    u->idle_limit = idle > 0 ? idle : 0;
+    u->last_data = mg_monotonic();
+    if (u->first_deadline == 0 && u->idle_limit == 0) {
+        watch_unlink(u);
+        return 0;
+    }
+    if (!u->watched) {
+        u->watched = 1;
+        u->wprev = NULL;
+        u->wnext = m->watched;
+        if (m->watched) m->watched->wprev = u;
+        m->watched = u;
+    }
+    if (!uv_is_active((uv_handle_t *)m->watchdog))
+        uv_timer_start(m->watchdog, on_watchdog, WATCH_TICK_MS, WATCH_TICK_MS);
+    return 0;
+}
+
 int mg_multi_init(mg_worker_t *w)
 {
     mg_multi_t *m = mg_xcalloc(1, sizeof *m);
@@ -456,6 +549,9 @@ int mg_multi_init(mg_worker_t *w)
     curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, 1024L);
     uv_timer_init(&w->loop, &m->timer);
     m->timer.data = m;
+    m->watchdog = mg_xcalloc(1, sizeof *m->watchdog);
+    uv_timer_init(&w->loop, m->watchdog);
+    m->watchdog->data = m;
     w->multi = m;
     return 0;
 }
@@ -469,6 +565,7 @@ void mg_multi_close(mg_worker_t *w)
     for (int i = 0; i < m->nsocks; i++)
         if (m->socks[i] != NULL) sock_drop(m, m->socks[i]);
     free(m->socks);
+    uv_close((uv_handle_t *)m->watchdog, (uv_close_cb)free);
     uv_close((uv_handle_t *)&m->timer, (uv_close_cb)free);
     w->multi = NULL;
 }
@@ -677,7 +774,12 @@ int mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen, const char 
 
 int mg_up_pipe(mg_up_t *u)
 {
-    if (u->owner == NULL || u->mode != MODE_UNDECIDED) return -1;
+    if (u->owner == NULL || u->mode == MODE_PIPE) return -1;
+    if (u->mode == MODE_STREAM && u->handed > 0) {
+        /* Lua already has these bytes (it switches while handling them) */
+        mg_buf_consume(&u->inbuf, u->handed);
+        u->handed = 0;
+    }
     u->mode = MODE_PIPE;
     pipe_flush(u);
     if (u->done) wake(u);
@@ -707,6 +809,7 @@ void mg_up_free(mg_up_t *u)
 {
     if (u->freed) return;
     u->freed = 1;
+    watch_unlink(u);
     /* never inside a curl callback: Lua only runs from the event drain */
     stop_transfer(u);
     owner_unlink(u);

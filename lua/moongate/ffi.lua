@@ -42,6 +42,7 @@ int      mg_up_pipe(mg_up_t *u);
 int      mg_up_stream(mg_up_t *u);
 const char *mg_up_errmsg(mg_up_t *u);
 double   mg_up_ttfb(mg_up_t *u);
+int      mg_up_watch(mg_up_t *u, double first_byte, double idle);
 void     mg_up_free(mg_up_t *u);
 
 typedef struct mg_json_info {
@@ -63,6 +64,9 @@ int    mg_shared_reserve(const char *k, size_t kl, double n, double limit, doubl
 int    mg_shared_settle(const char *k, size_t kl, double reserved, double actual, double *out);
 size_t mg_shared_count(void);
 
+void mg_sha256(const void *data, size_t len, unsigned char out[32]);
+int  mg_hmac_sha256(const void *key, size_t klen, const void *data, size_t len, unsigned char out[32]);
+int  mg_const_eq(const void *a, const void *b, size_t len);
 double mg_now(void);
 double mg_monotonic(void);
 int    mg_sleep(int64_t waiter, double seconds);

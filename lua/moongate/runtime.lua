@@ -293,25 +293,211 @@ local function emit_chunk(chain, ctx, r, piece)
   if out_chunk and #out_chunk > 0 then C.mg_resp_write(r, out_chunk, #out_chunk) end
 end
 
+-- Output of a decoder (or the raw bytes) through on_chunk: whole SSE events
+-- on a stream, the bytes as they come otherwise.
+local function emit(chain, ctx, r, splitter, data)
+  if not data or data == "" then return end
+  if #chain.on_chunk == 0 then
+    C.mg_resp_write(r, data, #data)
+  elseif splitter then
+    local events = splitter:feed(data)
+    for i = 1, #events do emit_chunk(chain, ctx, r, events[i]) end
+  else
+    emit_chunk(chain, ctx, r, data)
+  end
+end
+
+local BUFFER_CAP = 32 * 1048576
+
+-- The whole upstream body (for decoders that translate whole answers).
+-- -> text | nil, kind, message
+local function read_all(att)
+  att:stream()
+  local parts, n, size = {}, 0, 0
+  while true do
+    local data, kind, msg = att:read()
+    if not data then
+      if kind then return nil, kind, msg end
+      return concat(parts, "", 1, n)
+    end
+    size = size + #data
+    if size > BUFFER_CAP then return nil, "malformed", "answer larger than 32 MB" end
+    n = n + 1
+    parts[n] = data
+  end
+end
+
+-- An attempt failed before anything reached the client: on_error judges it.
+-- -> what on_error returned (gw.RETRY: try again; nil: give up)
+local function attempt_error(ctx, chain, kind, msg)
+  ctx.error = { kind = kind, message = msg, target = ctx.target.name }
+  metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, kind), 1)
+  gw.log("warn", "attempt", ctx.attempt, "to", ctx.target.name, "failed:", kind, msg)
+  return plugins.run(chain, "on_error", ctx, ctx.error)
+end
+
+-- Starts the answer to the client: status and headers, once.
+local function start_answer(ctx, status, out, length)
+  out["x-request-id"] = ctx.id
+  if ctx.format == "anthropic" then out["request-id"] = ctx.id end
+  out["x-moongate-target"] = ctx.target.name
+  out["x-moongate-attempts"] = tostring(ctx.attempt)
+  local hs = upstream.serialize_headers(out)
+  ctx.response.headers_sent = true
+  ctx.response.client_status = status
+  return C.mg_resp_start(ctx._req, status, hs, #hs, length) == 0
+end
+
+-- The provider failed after bytes reached the client: say so in the
+-- stream's own format, then cut the connection (never a clean end).
+local function fail_midway(ctx, r, sse_out, kind, msg)
+  gw.log("warn", "upstream", ctx.target.name, "failed mid-response:", kind, msg)
+  ctx.error = { kind = kind, message = msg, target = ctx.target.name, midway = true }
+  if sse_out then
+    local ev = errors.stream_event(ctx.format, "upstream " .. ctx.target.name .. " failed: " .. tostring(kind))
+    C.mg_resp_write(r, ev, #ev)
+  end
+  C.mg_resp_finish(r, 1)
+end
+
+-- curl decodes a compressed answer: its Content-Length is not what we send
+local function headers_encoded(ctx)
+  local h = ctx.response and ctx.response.upstream_headers
+  return h and h["content-encoding"] ~= nil
+end
+
+local function is_sse(headers)
+  return str_find(headers["content-type"] or "", "text/event-stream", 1, true) ~= nil
+end
+
+-- Forwards an accepted attempt's answer. Returns "retry" when it failed
+-- before any byte reached the client and on_error asked for another
+-- attempt, a gw.respond value to send instead, or nil when done.
+local function forward(ctx, chain, att, status, out)
+  local r = ctx._req
+  local dec = ctx.upstream.decoder
+  local cstatus = status
+  local up_length = tonumber(out["content-length"])
+  out["content-length"] = nil   -- ours to set, from what we send
+  if dec then cstatus = dec:head(status, out) or status end
+
+  -- a decoder that needs the whole answer: nothing is sent before it is in
+  if dec and dec.buffer then
+    local text, kind, msg = read_all(att)
+    local body, derr
+    if text then
+      body, derr = dec:body(text)
+      if not body then kind, msg = "malformed", tostring(derr or "the provider's answer could not be read") end
+    end
+    if not body then
+      if kind == "client-closed" then return end
+      local rv = attempt_error(ctx, chain, kind, msg)
+      if rv == gw.RETRY then return "retry" end
+      return rv
+    end
+    -- on_chunk sees the whole body before the headers go out, so it may add headers
+    if #chain.on_chunk > 0 then
+      body = plugins.chunk(chain, ctx, body) or ""
+    end
+    if not start_answer(ctx, cstatus, out, #body) then return end
+    if #body > 0 then C.mg_resp_write(r, body, #body) end
+    C.mg_resp_finish(r, 0)
+    return
+  end
+
+  local stream_in = is_sse(out)
+  local through_lua = dec ~= nil or #chain.on_chunk > 0
+  local first, kind, msg
+  if stream_in or through_lua then
+    -- hold the headers until the first bytes: a stream that dies before
+    -- its first event fails over like any other attempt
+    att:stream()
+    first, kind, msg = att:read()
+    if not first and kind then
+      if kind == "client-closed" then return end
+      local rv = attempt_error(ctx, chain, kind, msg)
+      if rv == gw.RETRY then return "retry" end
+      if rv then return rv end
+      -- nothing left to try: the client learns it with a status, not a cut stream
+      return errors.respond(ctx, kind == "timeout" and 504 or 502, "upstream " .. ctx.target.name ..
+        (kind == "timeout" and " timed out" or (" failed: " .. tostring(kind))),
+        kind == "timeout" and "upstream_timeout" or "upstream_error")
+    end
+  end
+
+  local sse_out = is_sse(out)
+  local length = -1
+  if not through_lua and not stream_in and not headers_encoded(ctx) and up_length then
+    length = up_length
+  end
+  if not start_answer(ctx, cstatus, out, length) then
+    att:close()
+    return
+  end
+
+  local ok
+  if not through_lua then
+    if first then C.mg_resp_write(r, first, #first) end
+    if first ~= nil or not stream_in then
+      att:pipe()
+      ok, kind, msg = att:wait_done()
+    else
+      ok = true   -- the stream ended before any byte
+    end
+  else
+    local splitter = sse_out and #chain.on_chunk > 0 and sse.new() or nil
+    local data = first
+    while data do
+      if dec then data = dec:chunk(data) end
+      emit(chain, ctx, r, splitter, data)
+      data, kind, msg = att:read()
+    end
+    ok = not kind
+    if ok and dec then
+      local tail, ferr = dec:finish()
+      emit(chain, ctx, r, splitter, tail)
+      if ferr then ok, kind, msg = false, "malformed", tostring(ferr) end
+    end
+    local rest = splitter and splitter:finish()
+    if rest then emit_chunk(chain, ctx, r, rest) end
+  end
+  if ok then
+    C.mg_resp_finish(r, 0)
+  elseif kind ~= "client-closed" then
+    fail_midway(ctx, r, sse_out, kind, msg)
+  end
+end
+
 -- The attempt loop: balance, build the upstream request, try, judge, forward.
+-- Attempts count across all groups; timeout.total bounds the time until an
+-- answer starts, over every attempt.
 local function proxy(ctx, chain)
   local backend = ctx.backend
   local retry = backend and backend.retry or {}
+  local btimeout = backend and backend.timeout or {}
   local ntargets = 0
   for _, g in ipairs(backend and backend.groups or {}) do ntargets = ntargets + #g.targets end
   local max_attempts = retry.attempts or (ntargets < 5 and ntargets or 5)
   if max_attempts < 1 then max_attempts = 1 end
+  ctx.max_attempts = max_attempts
+  local deadline = btimeout.total and (ctx.timings.start + btimeout.total) or nil
+  ctx.deadline = deadline
   local last_err
 
   while ctx.attempt < max_attempts do
+    if deadline and ctx.attempt > 0 and C.mg_monotonic() >= deadline then
+      last_err = { kind = "timeout", target = last_err and last_err.target or "", total = true }
+      break
+    end
     ctx.attempt = ctx.attempt + 1
     ctx.target, ctx.provider, ctx.response, ctx.error = nil, nil, nil, nil
     local rv = plugins.run(chain, "on_balance", ctx)
     if rv then return answer(ctx, rv, "on_balance") end
     if not ctx.target then
+      ctx.attempt = ctx.attempt - 1
       if last_err then break end
-      return fail(ctx, 503, "no target is available for backend " ..
-        tostring(backend and backend.name), "no_target")
+      return fail(ctx, 503, ctx.vars.no_target_reason or ("no target is available for backend " ..
+        tostring(backend and backend.name)), "no_target")
     end
 
     local req = ctx.request
@@ -326,12 +512,24 @@ local function proxy(ctx, chain)
     if rv then return answer(ctx, rv, "on_upstream_request") end
     local spec = ctx.upstream
     spec.headers = upstream_headers(req.headers, spec.headers)
+    -- what is left of timeout.total bounds this attempt until its first byte
+    local first_byte = btimeout.ttfb
+    if deadline then
+      local left = deadline - C.mg_monotonic()
+      if left < 0.001 then left = 0.001 end
+      if not first_byte or left < first_byte then first_byte = left end
+      if spec.timeout and spec.timeout > left and not req.stream then spec.timeout = left end
+    end
+    spec.first_byte = first_byte
 
     local att, kind, msg
     if spec.mock then
       att = upstream.start_mock(ctx, spec)
     elseif spec.url then
       att, kind, msg = upstream.start_real(ctx, spec, ctx._waiter, ctx._req)
+      if att and (first_byte or (req.stream and btimeout.stream_idle)) then
+        C.mg_up_watch(att.u, first_byte or 0, req.stream and btimeout.stream_idle or 0)
+      end
     else
       return fail(ctx, 502, "target " .. ctx.target.name .. " has no upstream URL", "bad_target")
     end
@@ -345,11 +543,8 @@ local function proxy(ctx, chain)
     if not status then
       if att then att:close() end
       if kind == "client-closed" then return end
-      ctx.error = { kind = kind, message = msg, target = ctx.target.name }
-      metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, kind), 1)
-      gw.log("warn", "attempt", ctx.attempt, "to", ctx.target.name, "failed:", kind, msg)
-      last_err = ctx.error
-      rv = plugins.run(chain, "on_error", ctx, ctx.error)
+      last_err = { kind = kind, message = msg, target = ctx.target.name }
+      rv = attempt_error(ctx, chain, kind, msg)
       if rv == gw.RETRY then goto continue end
       if rv then return answer(ctx, rv, "on_error") end
       break
@@ -360,10 +555,12 @@ local function proxy(ctx, chain)
       for k, v in pairs(headers) do
         if not HOP[k] and not NOT_DOWNSTREAM[k] then out[k] = v end
       end
+      if headers["content-length"] then out["content-length"] = headers["content-length"] end
       ctx.response = { status = status, headers = out, upstream_headers = headers }
       metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, status), 1)
       rv = plugins.run(chain, "on_response", ctx)
-      if rv == gw.RETRY and ctx.attempt < max_attempts then
+      if rv == gw.RETRY and ctx.attempt < max_attempts and
+         not (deadline and C.mg_monotonic() >= deadline) then
         att:close()
         last_err = { kind = "status", status = status, target = ctx.target.name }
         goto continue
@@ -373,61 +570,14 @@ local function proxy(ctx, chain)
         return answer(ctx, rv, "on_response")
       end
 
-      -- the answer goes to the client from here on: no failover after this
-      out["x-request-id"] = ctx.id
-      if ctx.format == "anthropic" then out["request-id"] = ctx.id end
-      out["x-moongate-target"] = ctx.target.name
-      out["x-moongate-attempts"] = tostring(ctx.attempt)
-      local transform = #chain.on_chunk > 0
-      local length = -1
-      if not transform and not headers["content-encoding"] and headers["content-length"] then
-        length = tonumber(headers["content-length"]) or -1
-      end
-      local hs = upstream.serialize_headers(out)
-      local r = ctx._req
-      if C.mg_resp_start(r, status, hs, #hs, length) ~= 0 then
-        att:close()
-        return
-      end
-      local ok, dkind, dmsg
-      if transform then
-        -- on_chunk sees whole SSE events on a stream, the bytes as they come otherwise
-        local splitter = str_find(headers["content-type"] or "", "text/event-stream", 1, true)
-          and sse.new() or nil
-        att:stream()
-        while true do
-          local data
-          data, dkind, dmsg = att:read()
-          if not data then break end
-          if splitter then
-            local events = splitter:feed(data)
-            for i = 1, #events do emit_chunk(chain, ctx, r, events[i]) end
-          else
-            emit_chunk(chain, ctx, r, data)
-          end
-        end
-        local rest = splitter and splitter:finish()
-        if rest then emit_chunk(chain, ctx, r, rest) end
-        ok = not dkind
-      else
-        att:pipe()
-        ok, dkind, dmsg = att:wait_done()
-      end
+      -- the answer goes to the client from here on (a stream: from its first byte)
+      local res = forward(ctx, chain, att, status, out)
       att:close()
-      if ok then
-        C.mg_resp_finish(r, 0)
-      elseif dkind ~= "client-closed" then
-        -- the provider failed after bytes reached the client: say so in the
-        -- stream's own format, then cut the connection (never a clean end)
-        gw.log("warn", "upstream", ctx.target.name, "failed mid-response:", dkind, dmsg)
-        ctx.error = { kind = dkind, message = dmsg, target = ctx.target.name }
-        local ct = headers["content-type"] or ""
-        if str_find(ct, "text/event-stream", 1, true) then
-          local ev = errors.stream_event(ctx.format, "upstream " .. ctx.target.name .. " failed: " .. tostring(dkind))
-          C.mg_resp_write(r, ev, #ev)
-        end
-        C.mg_resp_finish(r, 1)
+      if res == "retry" then
+        last_err = ctx.error
+        goto continue
       end
+      if res then return answer(ctx, res, "on_error") end
       return
     end
     ::continue::
@@ -436,7 +586,9 @@ local function proxy(ctx, chain)
   -- every attempt failed
   local e = last_err or {}
   if e.kind == "timeout" then
-    return fail(ctx, 504, "upstream " .. tostring(e.target) .. " timed out", "upstream_timeout")
+    return fail(ctx, 504, e.total and ("timeout.total of backend " .. tostring(backend.name) ..
+      " ran out after " .. ctx.attempt .. " attempt(s)") or
+      ("upstream " .. tostring(e.target) .. " timed out"), "upstream_timeout")
   end
   -- the client learns which target failed and how; libcurl's own message
   -- (addresses of internal providers) stays in the error log
@@ -642,17 +794,33 @@ local function admin_handle(r, req, ctx)
       admin_json(ctx, 401, { error = { message = "missing or wrong admin token" } })
     else
       local h = ADMIN[path]
-      if not h then
-        admin_json(ctx, 404, { error = { message = "no admin endpoint " .. req.method .. " " .. path } })
-      elseif not h[req.method] then
-        local allow = {}
+      local allow
+      if h and h[req.method] then return h[req.method](ctx, req) end
+      if h then
+        allow = {}
         for m in pairs(h) do allow[#allow + 1] = m end
         table.sort(allow)
         allow = concat(allow, ", ")
+      else
+        local admin_routes = require("moongate.admin")
+        admin_routes.load()
+        local fn, params = admin_routes.match(req.method, path)
+        if fn then
+          local status, doc, headers = fn(req, params, cfg)
+          if headers then
+            local body = gw.json.encode(mark_arrays(doc)):gsub('"\\u0000mg%-empty%-array\\u0000"', "[]")
+            headers["content-type"] = headers["content-type"] or "application/json"
+            return send_whole(ctx, status, body, headers)
+          end
+          return admin_json(ctx, status, doc)
+        end
+        allow = params
+      end
+      if not allow then
+        admin_json(ctx, 404, { error = { message = "no admin endpoint " .. req.method .. " " .. path } })
+      else
         send_whole(ctx, 405, gw.json.encode({ error = { message = req.method .. " " .. path ..
           " is not allowed; use " .. allow } }), { ["content-type"] = "application/json", allow = allow })
-      else
-        h[req.method](ctx, req)
       end
     end
   else
@@ -664,6 +832,7 @@ end
 -- hung connection.
 local function serve_admin(r)
   local req = read_request(r)
+  req.is_json = nil   -- req.json decodes the body on first use
   C.mg_request_id(idbuf)
   local ctx = { id = ffi_string(idbuf, 32), request = req, _req = r }
   co_ctx[co_running()] = ctx

@@ -142,11 +142,18 @@ function _M.start_mock(ctx, spec)
     latency = p.latency, interval = p.interval, chunks = p.chunks, text = p.text,
     fail = p.fail, model = nil,
   }, { method = spec.method, path = spec.path, headers = spec.headers, body = spec.body or "" })
-  return setmetatable({ ctx = ctx, resp = resp, i = 0 }, Mock)
+  return setmetatable({ ctx = ctx, resp = resp, i = 0, first_byte = spec.first_byte }, Mock)
 end
 
 function Mock:wait_headers()
   local r = self.resp
+  -- a latency beyond the attempt's first-byte deadline is a timeout, as a
+  -- real provider's silence would be
+  if r.delay and self.first_byte and r.delay > self.first_byte then
+    gw.sleep(self.first_byte)
+    self.finished = true
+    return nil, "timeout", string.format("no first byte after %.3f s", self.first_byte)
+  end
   if r.delay and r.delay > 0 then gw.sleep(r.delay) end
   if C.mg_req_alive(self.ctx._req) ~= 1 then
     self.finished = true
