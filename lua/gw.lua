@@ -87,9 +87,9 @@ function _M._drained(r)
   return C.mg_req_alive(r) == 1
 end
 
--- gw.shared: the store every worker shares (moongate.shared); only inside
--- the gateway binary, whose C functions it calls.
-if C then _M.shared = require("moongate.shared") end
+-- gw.shared: the store every worker shares (moongate.shared, in C); outside
+-- the gateway binary (unit specs) the same operations in plain Lua.
+_M.shared = C and require("moongate.shared") or require("moongate.shared_lua")
 
 -- gw.sleep(seconds): yield the request's coroutine to the event loop.
 function _M.sleep(seconds)

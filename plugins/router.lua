@@ -2,8 +2,8 @@
 --
 -- Routes are tried in order and the first that matches wins. Match keys:
 -- path (exact), path_prefix, method, headers (exact values, names lower
--- case), model (the JSON body's model: one name or a list) and when (a Lua
--- function of ctx; string expressions arrive with the expression compiler).
+-- case), model (the JSON body's model: one name or a list) and when (an
+-- expression of SPEC §4, or a Lua function of ctx).
 -- rewrite replaces the path; model_map sends a client model to a backend.
 local _M = {
   name = "router",
@@ -11,8 +11,23 @@ local _M = {
   schema = { type = "object", properties = {} },
 }
 
-local ipairs, type = ipairs, type
+local expr = require("moongate.expr")
+
+local ipairs, pairs, type = ipairs, pairs, type
 local sub = string.sub
+
+local compiled = setmetatable({}, { __mode = "k" })   -- match table -> compiled `when`
+
+-- The variables a route's `when` sees (SPEC §4): the request, and the
+-- consumer when a plugin before the router set one.
+local function when_vars(req, ctx)
+  local c = ctx.consumer
+  return {
+    request = { method = req.method, path = req.path, headers = req.headers, model = req.model,
+                stream = req.stream == true },
+    consumer = c and { name = c.name, team = c.team } or nil,
+  }
+end
 
 local function matches(m, req, ctx)
   if m.path and req.path ~= m.path then return false end
@@ -38,9 +53,20 @@ local function matches(m, req, ctx)
     end
     if not ok then return false end
   end
-  if m.when ~= nil then
-    if type(m.when) ~= "function" then return false end
-    if not m.when(ctx) then return false end
+  local when = m.when
+  if when ~= nil then
+    if type(when) == "function" then
+      if not when(ctx) then return false end
+    else
+      local fn = compiled[m]
+      if fn == nil then
+        fn = expr.compile(when) or false
+        compiled[m] = fn
+      end
+      if not fn then return false end
+      local v = fn(when_vars(req, ctx))
+      if v == nil or v == false then return false end
+    end
   end
   return true
 end

@@ -12,6 +12,7 @@ local COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
 local ids = {}
 
 local DURATION = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120 }
+local COST = { 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5 }   -- USD (SPEC §7)
 
 local function declare(name, kind, help, buckets)
   local b, n = nil, 0
@@ -29,6 +30,10 @@ function _M.init()
   declare("moongate_upstream_ttfb_seconds", HISTOGRAM, "Time to the first byte of the provider's answer.", DURATION)
   declare("moongate_attempts_total", COUNTER, "Upstream attempts, by target and outcome.")
   declare("moongate_inflight", GAUGE, "Requests being served.")
+  declare("moongate_tokens_total", COUNTER, "Tokens used, by model, team and direction (input or output).")
+  declare("moongate_request_cost_dollars", HISTOGRAM, "Cost of each request in USD, by model and team.", COST)
+  declare("moongate_ratelimited_total", COUNTER, "Requests refused by a rate-limit rule, by rule.")
+  declare("moongate_target_healthy", GAUGE, "1 while a target is in service, 0 while it is evicted.")
 end
 
 local function esc(v)
@@ -78,8 +83,44 @@ function _M.attempt_labels(target, outcome)
   return l
 end
 
+-- tokens_total: model, team, direction; request_cost_dollars: model, team; ratelimited: rule
+local tok_labels, cost_labels, rl_labels = {}, {}, {}
+
+function _M.token_labels(model, team, direction)
+  local t = at(at(tok_labels, model), team)
+  local l = t[direction]
+  if not l then
+    l = labels({ "model", model, "team", team, "direction", direction })
+    t[direction] = l
+  end
+  return l
+end
+
+function _M.cost_labels(model, team)
+  local t = at(cost_labels, model)
+  local l = t[team]
+  if not l then
+    l = labels({ "model", model, "team", team })
+    t[team] = l
+  end
+  return l
+end
+
+function _M.ratelimit_labels(rule)
+  local l = rl_labels[rule]
+  if not l then
+    l = labels({ "rule", rule })
+    rl_labels[rule] = l
+  end
+  return l
+end
+
 function _M.add(name, l, v)
   if C then C.mg_metric_add(ids[name], l, #l, v) end
+end
+
+function _M.set(name, l, v)
+  if C then C.mg_metric_set(ids[name], l, #l, v) end
 end
 
 function _M.observe(name, l, v)

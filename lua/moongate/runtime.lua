@@ -481,7 +481,8 @@ local function proxy(ctx, chain)
   if max_attempts < 1 then max_attempts = 1 end
   ctx.max_attempts = max_attempts
   local deadline = btimeout.total and (ctx.timings.start + btimeout.total) or nil
-  ctx.deadline = deadline
+  -- for plugins (the backoff): the same moment on the wall clock of gw.now()
+  ctx.deadline = deadline and (gw.now() + (deadline - C.mg_monotonic())) or nil
   local last_err
 
   while ctx.attempt < max_attempts do
@@ -772,6 +773,24 @@ local ADMIN = {
   },
 }
 
+-- moongate_target_healthy is read from gw.shared when scraped: evictions
+-- end by themselves, with nobody to tell the registry.
+local function health_gauges(cfg)
+  if not cfg or not cfg.backends then return end
+  local health = require("moongate.health")
+  local now = gw.now()
+  for bname, b in pairs(cfg.backends) do
+    local pol = health.policy(b)
+    for _, g in ipairs(b.groups) do
+      for _, t in ipairs(g.targets) do
+        local evicted = health.state(bname, t, now, pol)
+        metrics.set("moongate_target_healthy", metrics.labels({ "backend", bname, "target", t.name }),
+          evicted and 0 or 1)
+      end
+    end
+  end
+end
+
 local function admin_handle(r, req, ctx)
   local cfg = state.cfg
   local admin = cfg and cfg.admin or {}
@@ -785,6 +804,7 @@ local function admin_handle(r, req, ctx)
     if admin.protect_metrics and not admin_authorized(req, admin.token) then
       admin_json(ctx, 401, { error = { message = "admin token required" } })
     else
+      health_gauges(cfg)
       send_whole(ctx, 200, metrics.text(), { ["content-type"] = "text/plain; version=0.0.4" })
     end
   elseif str_sub(path, 1, 7) == "/admin/" or path == "/admin" then
@@ -906,14 +926,12 @@ local function plugin_dirs(home)
   return { home .. "/plugins" }
 end
 
--- Until the expression compiler lands (routing issue), a route's `when` must
--- be a Lua function: a string would silently never match, so refuse it.
--- unhealthy_condition strings are kept for the health plugin to come.
+-- Expressions (`when`, `unhealthy_condition`) are checked at load: a
+-- compile error names the option path and the column. The plugins that use
+-- them compile them again from the config's source text (once per config).
 local function compile_expr(src, path)
-  if path:sub(-11) == ".match.when" then
-    return nil, "expressions are not available in this build yet; use a Lua function (function(ctx) ... end)"
-  end
-  return function() return false end
+  local expr = require("moongate.expr")
+  return expr.compile(src)
 end
 
 -- What the config may say but this build cannot do yet: refused at load

@@ -30,6 +30,8 @@
 --   x-fake-delay-ms: N            wait N ms before answering
 --   x-fake-chunk-delay-ms: N      (stream) wait N ms between events
 --   x-fake-hold: NAME             (stream) first event, then wait for /_fake/release/NAME
+--   x-fake-first-delay-ms: N      (stream) headers at once, the first event N ms later
+--   x-fake-close-before-first: 1  (stream) headers, then close before any event
 --   x-fake-close-after-first: 1   (stream) first event, then close without the last chunk;
 --                                 the value "reset" closes with a TCP RST instead
 --   x-fake-body: TEXT             answer exactly TEXT (content-type x-fake-content-type,
@@ -469,6 +471,12 @@ local function stream(c, req, events)
   local close_after_first = req.headers["x-fake-close-after-first"]
   local hold_name = req.headers["x-fake-hold"]
   local gap = tonumber(req.headers["x-fake-chunk-delay-ms"])
+  local first_delay = tonumber(req.headers["x-fake-first-delay-ms"])
+  if req.headers["x-fake-close-before-first"] then
+    c:close(false)
+    return nil
+  end
+  if first_delay and first_delay > 0 then sleep(first_delay / 1000) end
   for i = 1, #events do
     if i > 1 and gap and gap > 0 then sleep(gap / 1000) end
     if not emit(events[i]) then return nil end

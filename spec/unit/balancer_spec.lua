@@ -33,6 +33,9 @@ local function pick(ctx)
 end
 
 describe("balancer", function()
+  -- positions and health live in gw.shared (plain Lua outside the binary)
+  before_each(function() require("gw").shared._reset() end)
+
   it("is a plugin with a name, a priority and on_balance", function()
     assert.equal("balancer", balancer.name)
     assert.is_number(balancer.priority)
@@ -157,5 +160,127 @@ describe("balancer", function()
       counts[n] = (counts[n] or 0) + 1
     end
     assert.same({ ["openai/a"] = 10, ["anthropic/b"] = 20 }, counts)
+  end)
+
+  describe("strategies", function()
+    local health = require("moongate.health")
+    local function group_backend(strategy, targets, extra)
+      local b = { name = "s-" .. strategy, groups = { { strategy = strategy, targets = targets } } }
+      for k, v in pairs(extra or {}) do b.groups[1][k] = v end
+      return b
+    end
+    local function T(name, fields)
+      local t = { name = name, provider = "openai", model = name }
+      for k, v in pairs(fields or {}) do t[k] = v end
+      return t
+    end
+    local function count(b, n, make)
+      local c = {}
+      for _ = 1, n do
+        local ctx = make and make() or new_request(b)
+        ctx.backend = b
+        local name = pick(ctx)
+        balancer.on_log(ctx, {})
+        c[name] = (c[name] or 0) + 1
+      end
+      return c
+    end
+
+    it("random follows the weights", function()
+      math.randomseed(7)
+      local c = count(group_backend("random", { T("a", { weight = 1 }), T("b", { weight = 3 }) }), 4000)
+      assert.truthy(c.b > 2700 and c.b < 3300, "b got " .. tostring(c.b))
+    end)
+
+    it("least_busy picks the target with fewest in flight", function()
+      local b = group_backend("least_busy", { T("a"), T("b") })
+      health.acquire(b.name, b.groups[1].targets[1])   -- a has one in flight elsewhere
+      for _ = 1, 3 do
+        local ctx = new_request(b)
+        assert.equal("b", pick(ctx))
+        balancer.on_log(ctx, {})
+      end
+    end)
+
+    it("latency measures every target first, then prefers the fastest", function()
+      math.randomseed(3)
+      local b = group_backend("latency", { T("a"), T("b") })
+      local first = { pick(new_request(b)), pick(new_request(b)) }
+      table.sort(first)
+      assert.same({ "a", "b" }, first)
+      health.observe_latency(b.name, b.groups[1].targets[1], 0.5)
+      health.observe_latency(b.name, b.groups[1].targets[2], 0.05)
+      local c = count(b, 200)
+      assert.truthy(c.b > 170, "b got " .. tostring(c.b))
+      assert.truthy((c.a or 0) > 0, "no exploration of the slower target")
+    end)
+
+    it("cost picks the cheapest and round-robins ties", function()
+      local b = group_backend("cost", { T("dear", { prices = { input = 5, output = 15 } }),
+        T("cheap1", { prices = { input = 0.1, output = 0.4 } }), T("cheap2", { prices = { input = 0.2, output = 0.3 } }) })
+      assert.same({ cheap1 = 5, cheap2 = 5 }, count(b, 10))
+    end)
+
+    it("usage picks the target with the fewest tokens this minute", function()
+      local b = group_backend("usage", { T("a"), T("b") })
+      health.add_tokens(b.name, b.groups[1].targets[1], 500)
+      assert.equal("b", pick(new_request(b)))
+    end)
+
+    it("sticky keeps a key on its target, and only the keys of a removed target move", function()
+      local targets = { T("a"), T("b"), T("c"), T("d") }
+      local b = group_backend("sticky", targets, { sticky = { header = "x-session-id" } })
+      local function route(backend, key)
+        local ctx = new_request(backend)
+        ctx.request = { headers = { ["x-session-id"] = key } }
+        local name = pick(ctx)
+        balancer.on_log(ctx, {})
+        return name
+      end
+      local before = {}
+      for i = 1, 200 do before[i] = route(b, "k" .. i) end
+      for i = 1, 200 do assert.equal(before[i], route(b, "k" .. i)) end
+      local b2 = group_backend("sticky", { targets[1], targets[2], targets[4] }, { sticky = { header = "x-session-id" } })
+      b2.name = b.name
+      local moved = 0
+      for i = 1, 200 do
+        local now = route(b2, "k" .. i)
+        if before[i] ~= "c" then assert.equal(before[i], now) else moved = moved + 1 end
+      end
+      assert.truthy(moved > 20, "c held " .. moved .. " of 200 keys")
+    end)
+
+    it("skips evicted targets and targets at max_inflight", function()
+      local b = group_backend("round_robin", { T("a"), T("b", { max_inflight = 1 }), T("c") })
+      local ts = b.groups[1].targets
+      health.evict(b.name, ts[1], 60, "manual", health.policy(b))
+      health.acquire(b.name, ts[2])
+      for _ = 1, 4 do
+        local ctx = new_request(b)
+        assert.equal("c", pick(ctx))
+        balancer.on_log(ctx, {})
+      end
+    end)
+
+    it("spreads an evicted target's share evenly over the others", function()
+      local b = group_backend("round_robin", { T("a"), T("b"), T("c") })
+      health.evict(b.name, b.groups[1].targets[1], 60, "manual", health.policy(b))
+      assert.same({ b = 5, c = 5 }, count(b, 10))
+    end)
+
+    it("panics to the target whose eviction ends first, unless panic = false", function()
+      local b = group_backend("round_robin", { T("a"), T("b") })
+      b.health = { eviction = { duration = 10 } }
+      local ts = b.groups[1].targets
+      health.evict(b.name, ts[1], 50, "passive", health.policy(b))
+      health.evict(b.name, ts[2], 20, "passive", health.policy(b))
+      assert.equal("b", pick(new_request(b)))
+      local b2 = group_backend("round_robin", ts)
+      b2.name = b.name
+      b2.health = { panic = false }
+      local ctx = new_request(b2)
+      assert.is_nil(pick(ctx))
+      assert.truthy(ctx.vars.no_target_reason:find("evicted", 1, true))
+    end)
   end)
 end)

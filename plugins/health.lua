@@ -1,0 +1,148 @@
+-- health — judges every attempt (on_response, on_error): asks for the next
+-- attempt when it failed, and keeps each target's health for the balancer
+-- (moongate.health, in gw.shared, so every worker agrees).
+--
+-- An attempt is retried when its status or error kind is in the backend's
+-- `retry.on` (without a retry block: 429, 500, 502, 503, 504,
+-- connect-failure, timeout) or when the backend's `unhealthy_condition`
+-- holds. With a `health` block, an unhealthy answer (the condition; without
+-- one any error, 5xx or 429) counts as a failure: `consecutive_failures` of
+-- them evict the target for `eviction.duration`, doubled on each ejection
+-- in a row (up to `eviction.max_duration`), or for as long as the
+-- provider's Retry-After / retry-after-ms / x-ratelimit-reset-* asked on a
+-- 429 when that is longer. Between attempts it waits `retry.backoff`,
+-- doubling per attempt (at most 8×), never past timeout.total.
+local gw = require("gw")
+local health = require("moongate.health")
+
+local _M = {
+  name = "health",
+  priority = 950,
+  schema = { type = "object", properties = {} },
+}
+
+local ipairs, type = ipairs, type
+local floor, min = math.floor, math.min
+
+local DEFAULT_ON = { 429, 500, 502, 503, 504, "connect-failure", "timeout" }
+
+local compiled = setmetatable({}, { __mode = "k" })   -- backend -> its judging policy
+
+local function compile_condition(src)
+  if type(src) == "function" then return src, true end
+  if type(src) ~= "string" then return nil end
+  local ok, expr = pcall(require, "moongate.expr")
+  if not ok then return nil end
+  local fn, err = expr.compile(src)
+  if not fn then
+    gw.log("error", "health: unhealthy_condition does not compile: " .. tostring(err))
+    return nil
+  end
+  return fn, false
+end
+
+local function judge_policy(backend)
+  local p = compiled[backend]
+  if p then return p end
+  local retry = backend.retry or {}
+  local on = { status = {}, kind = {} }
+  for _, v in ipairs(retry.on or DEFAULT_ON) do
+    if type(v) == "number" then on.status[v] = true
+    elseif v == "5xx" then on.c5 = true
+    elseif v == "4xx" then on.c4 = true
+    else on.kind[v] = true end
+  end
+  local cond, is_lua = compile_condition(backend.health and backend.health.unhealthy_condition)
+  p = { on = on, cond = cond, cond_lua = is_lua, backoff = retry.backoff or 0,
+        health = health.policy(backend) }
+  compiled[backend] = p
+  return p
+end
+_M.judge_policy = judge_policy
+
+-- The variables of an expression (SPEC §4), for this attempt.
+local function expr_vars(ctx, err)
+  local req, t, res = ctx.request, ctx.target, ctx.response
+  local c = ctx.consumer
+  return {
+    request = { method = req.method, path = req.path, headers = req.headers, model = req.model,
+                stream = req.stream == true },
+    response = res and { code = res.status, headers = res.upstream_headers or res.headers } or nil,
+    error = err and { kind = err.kind } or nil,
+    target = { name = t.name, provider = t.provider, model = t.model ~= false and t.model or nil },
+    attempt = ctx.attempt,
+    latency_ms = ctx.timings.ttfb and floor(ctx.timings.ttfb * 1000 + 0.5) or nil,
+    consumer = c and { name = c.name, team = c.team } or nil,
+  }
+end
+_M.expr_vars = expr_vars
+
+local function unhealthy(p, ctx, err)
+  if p.cond then
+    if p.cond_lua then
+      if ctx.response then ctx.response.code = ctx.response.status end
+      return p.cond(ctx) and true or false
+    end
+    local v = p.cond(expr_vars(ctx, err))
+    return v ~= nil and v ~= false
+  end
+  if err then return true end
+  local code = ctx.response.status
+  return code >= 500 or code == 429
+end
+
+-- Waits before the next attempt, if there will be one.
+local function backoff(ctx, p)
+  if p.backoff <= 0 or ctx.attempt >= (ctx.max_attempts or 1) then return end
+  local d = min(p.backoff * 2 ^ (ctx.attempt - 1), p.backoff * 8)
+  if ctx.deadline then
+    local left = ctx.deadline - gw.now()
+    if left <= 0 then return end
+    if d > left then d = left end
+  end
+  gw.sleep(d)
+end
+
+function _M.on_response(ctx, conf)
+  local b, t = ctx.backend, ctx.target
+  if not b or not t then return end
+  local p = judge_policy(b)
+  local code = ctx.response.status
+  local bad = unhealthy(p, ctx, nil)
+  if bad then
+    local hint = (code == 429 or code == 503) and health.retry_hint(ctx.response.upstream_headers) or nil
+    health.failure(b.name, t, p.health, hint)
+  else
+    health.success(b.name, t)
+    if ctx.timings.ttfb then health.observe_latency(b.name, t, ctx.timings.ttfb) end
+  end
+  local on = p.on
+  -- the condition, when the user wrote one, also asks for the next attempt
+  if (bad and p.cond) or on.status[code] or (on.c5 and code >= 500) or (on.c4 and code >= 400 and code < 500) then
+    backoff(ctx, p)
+    return gw.retry()
+  end
+end
+
+function _M.on_error(ctx, conf, err)
+  local b, t = ctx.backend, ctx.target
+  if not b or not t then return end
+  local p = judge_policy(b)
+  local bad = unhealthy(p, ctx, err)
+  if bad then health.failure(b.name, t, p.health, nil) end
+  if (bad and p.cond) or p.on.kind[err.kind] then
+    backoff(ctx, p)
+    return gw.retry()
+  end
+end
+
+-- A stream cut after its first byte could not be retried; it still counts.
+function _M.on_log(ctx, conf)
+  local e = ctx.error
+  if e and e.midway and ctx.backend and ctx.target then
+    local p = judge_policy(ctx.backend)
+    if unhealthy(p, ctx, e) then health.failure(ctx.backend.name, ctx.target, p.health, nil) end
+  end
+end
+
+return _M

@@ -1,0 +1,432 @@
+-- Routing, priority failover, balancing, health and circuit breaking, as a
+-- client and the providers see them. One fake upstream plays every provider:
+-- a provider's own `headers` steer it (x-fake-status and the like), so "bad"
+-- and "good" are two providers of one fake process, told apart by the
+-- x-which header each sends.
+
+local helpers = require "spec.support.helpers"
+local socket = require "socket"
+
+local CONFIG = [[
+listen = { "127.0.0.1:${PORT}" }
+admin  = { listen = "127.0.0.1:${ADMIN_PORT}", token = "admin-secret" }
+workers = 2
+access_log = false
+shutdown_timeout = "5s"
+
+local function fake(which, extra)
+  local h = { ["x-which"] = which }
+  for k, v in pairs(extra or {}) do h[k] = v end
+  return { type = "openai", base_url = "${UP}/v1", api_key = "sk-" .. which, headers = h }
+end
+
+providers = {
+  good   = fake("good"),
+  good2  = fake("good2"),
+  r429   = fake("r429", { ["x-fake-status"] = "429" }),
+  r429ra = fake("r429ra", { ["x-fake-status"] = "429", ["x-fake-retry-after"] = "30" }),
+  r500   = fake("r500", { ["x-fake-status"] = "500" }),
+  r503   = fake("r503", { ["x-fake-status"] = "503", ["x-fake-retry-after"] = "7" }),
+  r400   = fake("r400", { ["x-fake-status"] = "400" }),
+  r404   = fake("r404", { ["x-fake-status"] = "404" }),
+  slow   = fake("slow", { ["x-fake-delay-ms"] = "3000" }),
+  slowfirst = fake("slowfirst", { ["x-fake-first-delay-ms"] = "3000" }),
+  cut    = fake("cut", { ["x-fake-close-before-first"] = "1" }),
+  dead   = { type = "openai", base_url = "http://127.0.0.1:${DEAD}/v1" },
+}
+
+backends = {
+  failover = { groups = {
+    { targets = { { provider = "r429", model = "first" } } },
+    { targets = { { provider = "good", model = "second" } } } } },
+  no_retry_400 = { groups = {
+    { targets = { { provider = "r400", model = "a" } } },
+    { targets = { { provider = "good", model = "b" } } } } },
+  all_fail = { groups = {
+    { targets = { { provider = "r500", model = "a" } } },
+    { targets = { { provider = "r503", model = "b" } } } } },
+  connect = { groups = {
+    { targets = { { provider = "dead", model = "a" } } },
+    { targets = { { provider = "good", model = "b" } } } } },
+  connect_only = { provider = "dead", model = "a" },
+  ttfb = { groups = {
+      { targets = { { provider = "slow", model = "a" } } },
+      { targets = { { provider = "good", model = "b" } } } },
+    timeout = { ttfb = "300ms" } },
+  ttfb_only = { provider = "slow", model = "a", timeout = { ttfb = "300ms" } },
+  total = { groups = {
+      { targets = { { provider = "slow", model = "a" }, { provider = "slow", model = "b" } } } },
+    timeout = { total = "400ms" } },
+  stream_first = { groups = {
+      { targets = { { provider = "slowfirst", model = "a" } } },
+      { targets = { { provider = "good", model = "b" } } } },
+    timeout = { ttfb = "300ms" } },
+  stream_cut = { groups = {
+      { targets = { { provider = "cut", model = "a" } } },
+      { targets = { { provider = "good", model = "b" } } } } },
+  evict = { groups = {
+      { targets = { { provider = "r404", model = "a", name = "flaky" } } },
+      { targets = { { provider = "good", model = "b", name = "steady" } } } },
+    health = { unhealthy_condition = "response.code == 404 || response.code == 429",
+               eviction = { duration = "1s", consecutive_failures = 1 } } },
+  hinted = { groups = {
+      { targets = { { provider = "r429ra", model = "a", name = "limited" } } },
+      { targets = { { provider = "good", model = "b", name = "steady" } } } },
+    health = { eviction = { duration = "1s" } } },
+  panic = { targets = { { provider = "r429", model = "a", name = "p1" }, { provider = "r429", model = "b", name = "p2" } },
+    health = { eviction = { duration = "30s" } }, retry = { attempts = 2 } },
+  nopanic = { targets = { { provider = "r429", model = "a", name = "p1" } },
+    health = { eviction = { duration = "30s" }, panic = false }, retry = { attempts = 1 } },
+  manual = { targets = { { provider = "good", model = "a", name = "one" }, { provider = "good2", model = "b", name = "two" } } },
+  weighted = { targets = { { provider = "good", model = "a", name = "light", weight = 1 },
+                           { provider = "good2", model = "b", name = "heavy", weight = 2 } } },
+  canary = { targets = { { provider = "good", model = "stable", name = "stable", weight = 90 },
+                         { provider = "good2", model = "canary", name = "canary", weight = 10 } } },
+  sticky = { strategy = "sticky", sticky = { header = "x-session-id" },
+             targets = { { provider = "good", model = "a", name = "s1" }, { provider = "good2", model = "b", name = "s2" },
+                         { provider = "good", model = "c", name = "s3" } } },
+  capped = { targets = { { provider = "good", model = "a", name = "only", max_inflight = 1 } },
+             queue = { max = 10, timeout = "5s" } },
+  capped_short = { targets = { { provider = "good", model = "a", name = "only", max_inflight = 1 } },
+             queue = { max = 10, timeout = "200ms" } },
+  least = { strategy = "least_busy",
+            targets = { { provider = "good", model = "a", name = "l1" }, { provider = "good2", model = "b", name = "l2" } } },
+  fast = { provider = "good", model = "fast-model" },
+  quality = { provider = "good2", model = "quality-model" },
+}
+
+routes = {
+  { name = "openai-alias", match = { path_prefix = "/openai" }, rewrite = "/v1/chat/completions", backend = "fast" },
+  { match = { path = "/v1/chat/completions", headers = { ["x-model-tier"] = "fast" } }, backend = "fast" },
+  { match = { path = "/v1/chat/completions", headers = { ["x-model-tier"] = "quality" } }, backend = "quality" },
+  { name = "by-expression", match = { path_prefix = "/v1", when = "request.headers['x-backend'].startsWith('weigh')" },
+    backend = "weighted" },
+  { match = { path_prefix = "/v1", model = { "m-a", "m-b" } }, backend = "quality" },
+  { match = { path_prefix = "/v1" }, backend = "failover",
+    model_map = { failover = "failover", no_retry_400 = "no_retry_400", all_fail = "all_fail",
+      connect = "connect", connect_only = "connect_only", ttfb = "ttfb", ttfb_only = "ttfb_only",
+      total = "total", stream_first = "stream_first", stream_cut = "stream_cut", evict = "evict",
+      hinted = "hinted", panic = "panic", nopanic = "nopanic", manual = "manual", weighted = "weighted",
+      canary = "canary", sticky = "sticky", capped = "capped", capped_short = "capped_short",
+      least = "least" } },
+}
+]]
+
+local function body(model, stream)
+  return '{"model":"' .. model .. '",' .. (stream and '"stream":true,' or '') ..
+    '"messages":[{"role":"user","content":"hi"}]}'
+end
+
+local function chat(gw, model, opts)
+  opts = opts or {}
+  local h = { ["Content-Type"] = "application/json" }
+  for k, v in pairs(opts.headers or {}) do h[k] = v end
+  return helpers.http(gw.port, { method = "POST", path = opts.path or "/v1/chat/completions",
+    headers = h, body = body(model, opts.stream), timeout = opts.timeout or 15 })
+end
+
+local function whom(up)
+  local out = {}
+  for _, r in ipairs(up:requests()) do out[#out + 1] = r.headers["x-which"] end
+  return out
+end
+
+local function admin(gw, method, path, req_body)
+  local res = helpers.http(gw.admin_port, { method = method, path = path, body = req_body,
+    headers = { Authorization = "Bearer admin-secret", ["Content-Type"] = "application/json" } })
+  return res, res.body ~= "" and helpers.json(res) or nil
+end
+
+local function target_state(gw, backend, name)
+  local _, doc = admin(gw, "GET", "/admin/backends")
+  for _, b in ipairs(doc.backends) do
+    if b.name == backend then
+      for _, g in ipairs(b.groups) do
+        for _, t in ipairs(g.targets) do
+          if t.name == name then return t, doc.now end
+        end
+      end
+    end
+  end
+end
+
+describe("routing and failover", function()
+  local up, gw
+
+  lazy_setup(function()
+    up = helpers.start_fake_upstream()
+    gw = helpers.start_gateway(CONFIG, { vars = { UP = up.url, DEAD = helpers.free_port() } })
+  end)
+
+  lazy_teardown(function()
+    helpers.stop_and_check(gw)
+  end)
+
+  before_each(function() up:reset() end)
+
+  describe("failover", function()
+    it("turns a 429 from the first group and a 200 from the second into one 200", function()
+      local res = chat(gw, "failover")
+      assert.equal(200, res.status)
+      assert.equal("good/second", res.headers["x-moongate-target"])
+      assert.equal("2", res.headers["x-moongate-attempts"])
+      assert.same({ "r429", "good" }, whom(up))
+      local reqs = up:requests()
+      assert.truthy(reqs[1].body:find('"model":"first"', 1, true))
+      assert.truthy(reqs[2].body:find('"model":"second"', 1, true))
+      assert.equal("Bearer sk-good", reqs[2].headers.authorization)
+    end)
+
+    it("does not retry a status outside the defaults (400 goes to the client)", function()
+      local res = chat(gw, "no_retry_400")
+      assert.equal(400, res.status)
+      assert.equal("1", res.headers["x-moongate-attempts"])
+      assert.same({ "r400" }, whom(up))
+    end)
+
+    it("answers the last attempt's status and Retry-After when every attempt failed", function()
+      local res = chat(gw, "all_fail")
+      assert.equal(503, res.status)
+      assert.equal("7", res.headers["retry-after"])
+      assert.equal("2", res.headers["x-moongate-attempts"])
+      assert.same({ "r500", "r503" }, whom(up))
+      assert.is_table(helpers.json(res).error)
+    end)
+
+    it("fails over on a connection failure", function()
+      local res = chat(gw, "connect")
+      assert.equal(200, res.status)
+      assert.equal("good/b", res.headers["x-moongate-target"])
+      assert.equal("2", res.headers["x-moongate-attempts"])
+    end)
+
+    it("answers 502 naming the target when the only one cannot be reached", function()
+      local res = chat(gw, "connect_only")
+      assert.equal(502, res.status)
+      local err = helpers.json(res).error
+      assert.truthy(err.message:find("dead/a", 1, true), err.message)
+      assert.truthy(err.message:find("connect-failure", 1, true), err.message)
+    end)
+
+    it("fails over when the first target misses timeout.ttfb", function()
+      local res = chat(gw, "ttfb")
+      assert.equal(200, res.status)
+      assert.equal("good/b", res.headers["x-moongate-target"])
+    end)
+
+    it("answers 504 when the only target misses timeout.ttfb", function()
+      local t0 = socket.gettime()
+      local res = chat(gw, "ttfb_only")
+      assert.equal(504, res.status)
+      assert.truthy(socket.gettime() - t0 < 2.5, "the 3 s answer was waited for")
+    end)
+
+    it("answers 504 when timeout.total runs out across attempts", function()
+      local res = chat(gw, "total")
+      assert.equal(504, res.status)
+      assert.equal("upstream_timeout", helpers.json(res).error.code)
+    end)
+
+    it("fails a stream over when its first event does not come within timeout.ttfb", function()
+      local s = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json" }, body = body("stream_first", true), timeout = 10 })
+      assert.equal(200, s.status)
+      assert.equal("good/b", s.headers["x-moongate-target"])
+      local events, reason = s:read_all(10)
+      assert.equal("eof", reason)
+      assert.equal("[DONE]", helpers.parse_sse(events[#events]).data)
+    end)
+
+    it("fails a stream over when the provider closes it before the first event", function()
+      local s = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json" }, body = body("stream_cut", true), timeout = 10 })
+      assert.equal(200, s.status)
+      assert.equal("good/b", s.headers["x-moongate-target"])
+      assert.equal("2", s.headers["x-moongate-attempts"])
+      local events, reason = s:read_all(10)
+      assert.equal("eof", reason)
+      assert.equal("[DONE]", helpers.parse_sse(events[#events]).data)
+    end)
+  end)
+
+  describe("health", function()
+    it("evicts a target on unhealthy_condition and brings it back after eviction.duration", function()
+      local res = chat(gw, "evict")
+      assert.equal(200, res.status)
+      assert.equal("2", res.headers["x-moongate-attempts"])
+      local t = target_state(gw, "evict", "flaky")
+      assert.equal("evicted", t.state)
+      -- while evicted, requests go straight to the second group, on either worker
+      for _ = 1, 4 do
+        res = chat(gw, "evict")
+        assert.equal("steady", res.headers["x-moongate-target"])
+        assert.equal("1", res.headers["x-moongate-attempts"])
+      end
+      assert.same({ "r404", "good", "good", "good", "good", "good" }, whom(up))
+      helpers.wait_until(function() return target_state(gw, "evict", "flaky").state ~= "evicted" end, 10,
+        "flaky restored after its eviction")
+      up:reset()
+      helpers.wait_until(function()
+        chat(gw, "evict")
+        for _, w in ipairs(whom(up)) do if w == "r404" then return true end end
+      end, 10, "a restored target gets traffic again")
+    end)
+
+    it("evicts for as long as a 429's Retry-After asks when that is longer", function()
+      local res = chat(gw, "hinted")
+      assert.equal(200, res.status)
+      local t, now = target_state(gw, "hinted", "limited")
+      assert.equal("evicted", t.state)
+      assert.truthy(t.evicted_until - now > 20, "evicted for " .. (t.evicted_until - now) .. " s")
+    end)
+
+    it("still tries an evicted target when every target is evicted (panic)", function()
+      chat(gw, "panic")
+      assert.equal("evicted", target_state(gw, "panic", "p1").state)
+      assert.equal("evicted", target_state(gw, "panic", "p2").state)
+      up:reset()
+      local res = chat(gw, "panic")
+      assert.equal(429, res.status)
+      assert.truthy(#whom(up) >= 1, "nothing was tried")
+    end)
+
+    it("answers 503 when every target is evicted and panic is off", function()
+      chat(gw, "nopanic")
+      assert.equal("evicted", target_state(gw, "nopanic", "p1").state)
+      up:reset()
+      local res = chat(gw, "nopanic")
+      assert.equal(503, res.status)
+      assert.truthy(helpers.json(res).error.message:find("evicted", 1, true))
+      assert.same({}, whom(up))
+    end)
+
+    it("drains a target by hand and returns it", function()
+      local res = admin(gw, "POST", "/admin/backends/manual/targets/one/evict")
+      assert.equal(200, res.status)
+      for _ = 1, 4 do assert.equal("two", chat(gw, "manual").headers["x-moongate-target"]) end
+      res = admin(gw, "POST", "/admin/backends/manual/targets/one/restore")
+      assert.equal(200, res.status)
+      helpers.wait_until(function() return chat(gw, "manual").headers["x-moongate-target"] == "one" end, 10,
+        "a restored target gets traffic again")
+      assert.equal(404, (admin(gw, "POST", "/admin/backends/manual/targets/nope/evict")).status)
+      assert.equal(404, (admin(gw, "POST", "/admin/backends/nope/targets/one/evict")).status)
+      assert.equal(405, (admin(gw, "GET", "/admin/backends/manual/targets/one/evict")).status)
+    end)
+
+    it("reports moongate_target_healthy", function()
+      admin(gw, "POST", "/admin/backends/manual/targets/two/evict")
+      local text = helpers.http(gw.admin_port, { path = "/metrics" }).body
+      assert.truthy(text:find('moongate_target_healthy{backend="manual",target="two"} 0', 1, true))
+      assert.truthy(text:find('moongate_target_healthy{backend="manual",target="one"} 1', 1, true))
+      admin(gw, "POST", "/admin/backends/manual/targets/two/restore")
+    end)
+  end)
+
+  describe("balancing", function()
+    it("splits 1:2 by weight exactly, across workers and fresh connections", function()
+      local counts = {}
+      for _ = 1, 30 do
+        local n = chat(gw, "weighted").headers["x-moongate-target"]
+        counts[n] = (counts[n] or 0) + 1
+      end
+      assert.same({ light = 10, heavy = 20 }, counts)
+    end)
+
+    it("sends a 90/10 canary split", function()
+      local counts = {}
+      for _ = 1, 100 do
+        local n = chat(gw, "canary").headers["x-moongate-target"]
+        counts[n] = (counts[n] or 0) + 1
+      end
+      assert.same({ stable = 90, canary = 10 }, counts)
+    end)
+
+    it("keeps a session on one target with sticky, and spreads sessions", function()
+      local seen = {}
+      for i = 1, 12 do
+        local first
+        for _ = 1, 3 do
+          local t = chat(gw, "sticky", { headers = { ["x-session-id"] = "session-" .. i } }).headers["x-moongate-target"]
+          first = first or t
+          assert.equal(first, t)
+        end
+        seen[first] = true
+      end
+      local n = 0
+      for _ in pairs(seen) do n = n + 1 end
+      assert.truthy(n >= 2, "12 sessions all on one target")
+    end)
+
+    it("sends the next request to the least busy target", function()
+      local held = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json", ["x-fake-hold"] = "least" },
+        body = body("least", true), timeout = 10 })
+      assert.equal(200, held.status)
+      local busy = held.headers["x-moongate-target"]
+      for _ = 1, 3 do
+        assert.not_equal(busy, chat(gw, "least").headers["x-moongate-target"])
+      end
+      up:release("least")
+      held:read_all(10)
+    end)
+
+    it("queues a request while the target is at max_inflight, then serves it", function()
+      local held = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json", ["x-fake-hold"] = "cap" },
+        body = body("capped", true), timeout = 10 })
+      assert.equal(200, held.status)
+      -- a second request waits; release the first from another connection meanwhile
+      local conn = helpers.connect(gw.port)
+      local b = body("capped")
+      assert.truthy(conn:send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        .. "Content-Length: " .. #b .. "\r\n\r\n" .. b))
+      helpers.wait_until(function() return #up:requests() == 1 end, 5)
+      socket.sleep(0.3)
+      assert.equal(1, #up:requests(), "the queued request went past max_inflight")
+      up:release("cap")
+      held:read_all(10)
+      local res = helpers.read_response(conn, { timeout = 10 })
+      assert.equal(200, res.status)
+      conn:close()
+    end)
+
+    it("answers 503 when the queue times out", function()
+      local held = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json", ["x-fake-hold"] = "cap2" },
+        body = body("capped_short", true), timeout = 10 })
+      assert.equal(200, held.status)
+      local res = chat(gw, "capped_short")
+      assert.equal(503, res.status)
+      assert.truthy(helpers.json(res).error.message:find("max_inflight", 1, true))
+      up:release("cap2")
+      held:read_all(10)
+    end)
+  end)
+
+  describe("routes", function()
+    it("rewrites /openai to /v1/chat/completions", function()
+      local res = chat(gw, "x", { path = "/openai" })
+      assert.equal(200, res.status)
+      assert.equal("good/fast-model", res.headers["x-moongate-target"])
+      assert.equal("/v1/chat/completions", up:requests()[1].path)
+    end)
+
+    it("routes on x-model-tier", function()
+      assert.equal("good/fast-model", chat(gw, "x", { headers = { ["x-model-tier"] = "fast" } }).headers["x-moongate-target"])
+      assert.equal("good2/quality-model",
+        chat(gw, "x", { headers = { ["x-model-tier"] = "quality" } }).headers["x-moongate-target"])
+    end)
+
+    it("routes on a when expression and on a list of models", function()
+      local t = chat(gw, "x", { headers = { ["x-backend"] = "weighted" } }).headers["x-moongate-target"]
+      assert.truthy(t == "light" or t == "heavy", t)
+      assert.equal("good2/quality-model", chat(gw, "m-b").headers["x-moongate-target"])
+    end)
+
+    it("answers 404 in the client's format when no route matches", function()
+      local res = helpers.http(gw.port, { method = "GET", path = "/nothing" })
+      assert.equal(404, res.status)
+      assert.is_table(helpers.json(res).error)
+    end)
+  end)
+end)
