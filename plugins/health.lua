@@ -4,7 +4,7 @@
 --
 -- An attempt is retried when its status or error kind is in the backend's
 -- `retry.on` (without a retry block: 429, 500, 502, 503, 504,
--- connect-failure, timeout) or when the backend's `unhealthy_condition`
+-- connect-failure, timeout, and a reset or malformed answer) or when the backend's `unhealthy_condition`
 -- holds. With a `health` block, an unhealthy answer (the condition; without
 -- one any error, 5xx or 429) counts as a failure: `consecutive_failures` of
 -- them evict the target for `eviction.duration`, doubled on each ejection
@@ -24,7 +24,9 @@ local _M = {
 local ipairs, type = ipairs, type
 local floor, min = math.floor, math.min
 
-local DEFAULT_ON = { 429, 500, 502, 503, 504, "connect-failure", "timeout" }
+-- SPEC §2's defaults; a reset or a malformed answer before anything reached
+-- the client is what a 502 is, so it fails over too
+local DEFAULT_ON = { 429, 500, 502, 503, 504, "connect-failure", "timeout", "reset", "malformed" }
 
 local compiled = setmetatable({}, { __mode = "k" })   -- backend -> its judging policy
 
