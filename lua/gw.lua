@@ -110,6 +110,12 @@ end
 -- gw.http(url, opts) -> res | nil, err: a subrequest that yields (moongate.subrequest).
 if C then _M.http = require("moongate.subrequest").request end
 
+-- gw.expr(src) -> fn | nil, err: the expression compiler of SPEC §4
+-- (moongate.expr); fn(vars) evaluates it and never throws.
+function _M.expr(src)
+  return require("moongate.expr").compile(src)
+end
+
 -- gw.worker() -> index, count: which gateway worker runs this code (1..count;
 -- 0 on the main thread, which serves the admin API).
 function _M.worker()

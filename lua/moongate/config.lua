@@ -309,7 +309,9 @@ local BACKEND_COMMON = {
         type = "object",
         properties = {
             unhealthy_condition = EXPRESSION,
-            eviction = { type = "object", properties = { duration = DURATION, consecutive_failures = COUNT } },
+            eviction = { type = "object", properties = { duration = DURATION, consecutive_failures = COUNT,
+                                                         max_duration = DURATION } },
+            slow_start = DURATION,
             panic = BOOLEAN,
             active = { type = "object",
                        properties = { interval = DURATION, path = URL_PATH, unhealthy_threshold = COUNT } },

@@ -11,6 +11,7 @@
 --   hfail consecutive failures        hej  ejections in a row (doubles the time)
 --   hin   requests in flight          hlat EWMA of time to first byte (s)
 --   hok / hbad  answers judged healthy / unhealthy (counts)
+--   hprobe  failed active probes in a row
 --   htok|<minute>  tokens used this minute (the `usage` strategy)
 local gw = require("gw")
 
@@ -32,7 +33,8 @@ local function keys(bname, t)
   local base = "|" .. bname .. "|" .. t.name
   k = { b = bname, ev = "hev" .. base, why = "hwhy" .. base, fail = "hfail" .. base,
         ej = "hej" .. base, inflight = "hin" .. base, lat = "hlat" .. base,
-        ok = "hok" .. base, bad = "hbad" .. base, tok = "htok" .. base .. "|" }
+        ok = "hok" .. base, bad = "hbad" .. base, tok = "htok" .. base .. "|",
+        probe = "hprobe" .. base }
   keycache[t] = k
   return k
 end

@@ -1075,6 +1075,14 @@ local function init_run(opts)
   return 0
 end
 
+-- Active health checks run on the first worker only (one prober for all).
+local function start_probers(cfg)
+  if C.mg_worker_index() ~= 1 then return end
+  require("moongate.prober").start(cfg, spawn, function(c)
+    return state.cfg == c and C.mg_stopping() == 0
+  end)
+end
+
 -- A gateway worker: the same config, from the text main read.
 local function init_worker()
   local gen, src = config_source()
@@ -1088,6 +1096,7 @@ local function init_worker()
   metrics.init()
   state.cfg, state.generation = cfg, gen
   state.ready = true
+  start_probers(cfg)
   return 0
 end
 
@@ -1102,6 +1111,7 @@ local function worker_reload(gen)
     apply_limits(cfg)
     state.access_log = cfg.access_log and true or false
     state.cfg, state.generation = cfg, g
+    start_probers(cfg)
   end)
   local msg = (not ok and tostring(err)) or err
   if msg then
