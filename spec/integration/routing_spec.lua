@@ -32,6 +32,8 @@ providers = {
   slow   = fake("slow", { ["x-fake-delay-ms"] = "3000" }),
   slowfirst = fake("slowfirst", { ["x-fake-first-delay-ms"] = "3000" }),
   cut    = fake("cut", { ["x-fake-close-before-first"] = "1" }),
+  gappy  = fake("gappy", { ["x-fake-chunk-delay-ms"] = "3000" }),
+  cutmid = fake("cutmid", { ["x-fake-close-after-first"] = "1" }),
   dead   = { type = "openai", base_url = "http://127.0.0.1:${DEAD}/v1" },
 }
 
@@ -63,6 +65,13 @@ backends = {
     timeout = { ttfb = "300ms" } },
   stream_cut = { groups = {
       { targets = { { provider = "cut", model = "a" } } },
+      { targets = { { provider = "good", model = "b" } } } } },
+  idle = { groups = {
+      { targets = { { provider = "gappy", model = "a" } } },
+      { targets = { { provider = "good", model = "b" } } } },
+    timeout = { stream_idle = "300ms" } },
+  midway = { groups = {
+      { targets = { { provider = "cutmid", model = "a" } } },
       { targets = { { provider = "good", model = "b" } } } } },
   evict = { groups = {
       { targets = { { provider = "r404", model = "a", name = "flaky" } } },
@@ -106,6 +115,7 @@ routes = {
     model_map = { failover = "failover", no_retry_400 = "no_retry_400", all_fail = "all_fail",
       connect = "connect", connect_only = "connect_only", ttfb = "ttfb", ttfb_only = "ttfb_only",
       total = "total", stream_first = "stream_first", stream_cut = "stream_cut", evict = "evict",
+      idle = "idle", midway = "midway",
       hinted = "hinted", panic = "panic", nopanic = "nopanic", manual = "manual", weighted = "weighted",
       canary = "canary", sticky = "sticky", capped = "capped", capped_short = "capped_short",
       least = "least" } },
@@ -246,6 +256,27 @@ describe("routing and failover", function()
       local events, reason = s:read_all(10)
       assert.equal("eof", reason)
       assert.equal("[DONE]", helpers.parse_sse(events[#events]).data)
+    end)
+    it("ends a stream that goes silent past stream_idle with an error event, never a clean end", function()
+      local s = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json" }, body = body("idle", true), timeout = 10 })
+      assert.equal(200, s.status)
+      assert.equal("gappy/a", s.headers["x-moongate-target"])
+      local events, reason = s:read_all(10)
+      assert.equal("closed", reason)
+      local last = helpers.parse_sse(events[#events])
+      assert.is_table(helpers.json({ body = last.data }).error)
+      assert.same({ "gappy" }, whom(up))   -- no failover after the first byte
+    end)
+
+    it("ends a stream cut after its first event with an error event, without failing over", function()
+      local s = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json" }, body = body("midway", true), timeout = 10 })
+      assert.equal(200, s.status)
+      local events, reason = s:read_all(10)
+      assert.equal("closed", reason)
+      assert.is_table(helpers.json({ body = helpers.parse_sse(events[#events]).data }).error)
+      assert.same({ "cutmid" }, whom(up))
     end)
   end)
 
