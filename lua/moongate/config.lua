@@ -247,12 +247,19 @@ local PRICES = {
     },
 }
 
+local function positive_weight(v)
+    if v > 0 and v < math.huge then
+        return true
+    end
+    return nil, "must be > 0 (leave a target out, or drain it with the admin API, to send it nothing)"
+end
+
 local function target_props(timeout)
     return {
         name = STRING,
         provider = { type = "string", required = true },
         model = { type = { "string", "boolean" }, check = not_true("expected a model name or false") },
-        weight = { type = "number", minimum = 0, default = 1 },
+        weight = { type = "number", default = 1, check = positive_weight },
         headers = HEADERS,
         timeout = timeout,
         max_inflight = COUNT,

@@ -100,6 +100,23 @@ backends = {
              queue = { max = 10, timeout = "200ms" } },
   least = { strategy = "least_busy",
             targets = { { provider = "good", model = "a", name = "l1" }, { provider = "good2", model = "b", name = "l2" } } },
+  random = { strategy = "random", targets = { { provider = "good", model = "a", name = "ninety", weight = 9 },
+                                             { provider = "good2", model = "b", name = "ten", weight = 1 } } },
+  -- users' configurations: three OpenAI models in priority order ...
+  priority3 = { groups = {
+    { targets = { { provider = "r429", model = "gpt-4o" } } },
+    { targets = { { provider = "r500", model = "gpt-4o-mini" } } },
+    { targets = { { provider = "good", model = "gpt-3.5-turbo" } } } } },
+  -- ... and a cheap group balanced over two targets, falling back to a premium group
+  cheap_premium = { groups = {
+      { strategy = "round_robin", targets = { { provider = "good", model = "gpt-3.5-turbo", name = "cheap-a" },
+                                              { provider = "good2", model = "claude-3-5-haiku", name = "cheap-b" } } },
+      { targets = { { provider = "good", model = "gpt-4o", name = "premium" } } } },
+    health = { eviction = { duration = "30s" } } },
+  cheap_down = { groups = {
+      { targets = { { provider = "r503", model = "gpt-3.5-turbo", name = "cheap-a" },
+                    { provider = "r429", model = "claude-3-5-haiku", name = "cheap-b" } } },
+      { targets = { { provider = "good", model = "gpt-4o", name = "premium" } } } } },
   fast = { provider = "good", model = "fast-model" },
   quality = { provider = "good2", model = "quality-model" },
 }
@@ -118,7 +135,8 @@ routes = {
       idle = "idle", midway = "midway",
       hinted = "hinted", panic = "panic", nopanic = "nopanic", manual = "manual", weighted = "weighted",
       canary = "canary", sticky = "sticky", capped = "capped", capped_short = "capped_short",
-      least = "least" } },
+      least = "least", random = "random", priority3 = "priority3", cheap_premium = "cheap_premium",
+      cheap_down = "cheap_down" } },
 }
 ]]
 
@@ -354,13 +372,25 @@ describe("routing and failover", function()
   end)
 
   describe("balancing", function()
-    it("splits 1:2 by weight exactly, across workers and fresh connections", function()
+    it("splits 1:2 by weight exactly over 210 requests, across workers and fresh connections", function()
       local counts = {}
-      for _ = 1, 30 do
+      for _ = 1, 210 do
         local n = chat(gw, "weighted").headers["x-moongate-target"]
         counts[n] = (counts[n] or 0) + 1
       end
-      assert.same({ light = 10, heavy = 20 }, counts)
+      assert.same({ light = 70, heavy = 140 }, counts)
+    end)
+
+    it("splits 90/10 at random within 5 points over 1,000 requests", function()
+      local conn = helpers.connect(gw.port)
+      local ten = 0
+      for _ = 1, 1000 do
+        local res = helpers.http(gw.port, { conn = conn, keepalive = true, method = "POST",
+          path = "/v1/chat/completions", headers = { ["Content-Type"] = "application/json" }, body = body("random") })
+        if res.headers["x-moongate-target"] == "ten" then ten = ten + 1 end
+      end
+      conn:close()
+      assert.truthy(ten >= 50 and ten <= 150, "ten got " .. ten .. " of 1000")
     end)
 
     it("sends a 90/10 canary split", function()
@@ -431,6 +461,35 @@ describe("routing and failover", function()
       assert.truthy(helpers.json(res).error.message:find("max_inflight", 1, true))
       up:release("cap2")
       held:read_all(10)
+    end)
+  end)
+
+  describe("configurations users bring", function()
+    it("three OpenAI models in priority order: the first that answers wins", function()
+      local res = chat(gw, "priority3")
+      assert.equal(200, res.status)
+      assert.equal("good/gpt-3.5-turbo", res.headers["x-moongate-target"])
+      assert.equal("3", res.headers["x-moongate-attempts"])
+      assert.same({ "r429", "r500", "good" }, whom(up))
+    end)
+
+    it("a cheap group balanced over two targets", function()
+      local counts = {}
+      for _ = 1, 10 do
+        local n = chat(gw, "cheap_premium").headers["x-moongate-target"]
+        counts[n] = (counts[n] or 0) + 1
+      end
+      assert.same({ ["cheap-a"] = 5, ["cheap-b"] = 5 }, counts)
+    end)
+
+    it("falls back to the premium group when the cheap group fails", function()
+      local res = chat(gw, "cheap_down")
+      assert.equal(200, res.status)
+      assert.equal("premium", res.headers["x-moongate-target"])
+      assert.equal("3", res.headers["x-moongate-attempts"])
+      local w = whom(up)
+      table.sort(w, function(a, b) return a > b end)
+      assert.same({ "r503", "r429", "good" }, w)
     end)
   end)
 
