@@ -265,8 +265,8 @@ local function send_respond(ctx, rv)
     body = gw.json.encode(body)
     h["content-type"] = h["content-type"] or "application/json"
   end
-  if ctx.target then
-    h["x-moongate-target"] = h["x-moongate-target"] or ctx.target.name
+  if ctx.target then h["x-moongate-target"] = h["x-moongate-target"] or ctx.target.name end
+  if ctx.attempt and ctx.attempt > 0 then
     h["x-moongate-attempts"] = h["x-moongate-attempts"] or tostring(ctx.attempt)
   end
   send_whole(ctx, rv.status, body and tostring(body) or "", h)
@@ -331,6 +331,8 @@ end
 -- -> what on_error returned (gw.RETRY: try again; nil: give up)
 local function attempt_error(ctx, chain, kind, msg)
   ctx.error = { kind = kind, message = msg, target = ctx.target.name }
+  local tried = ctx.tried
+  tried[#tried + 1] = ctx.target.name .. " (" .. tostring(kind) .. ")"
   metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, kind), 1)
   gw.log("warn", "attempt", ctx.attempt, "to", ctx.target.name, "failed:", kind, msg)
   return plugins.run(chain, "on_error", ctx, ctx.error)
@@ -480,6 +482,7 @@ local function proxy(ctx, chain)
   local max_attempts = retry.attempts or (ntargets < 5 and ntargets or 5)
   if max_attempts < 1 then max_attempts = 1 end
   ctx.max_attempts = max_attempts
+  ctx.tried = {}   -- "target (outcome)" per failed attempt, for the final error
   local deadline = btimeout.total and (ctx.timings.start + btimeout.total) or nil
   -- for plugins (the backoff): the same moment on the wall clock of gw.now()
   ctx.deadline = deadline and (gw.now() + (deadline - C.mg_monotonic())) or nil
@@ -564,6 +567,7 @@ local function proxy(ctx, chain)
          not (deadline and C.mg_monotonic() >= deadline) then
         att:close()
         last_err = { kind = "status", status = status, target = ctx.target.name }
+        ctx.tried[#ctx.tried + 1] = ctx.target.name .. " (" .. status .. ")"
         goto continue
       end
       if rv and rv ~= gw.RETRY then
@@ -584,16 +588,16 @@ local function proxy(ctx, chain)
     ::continue::
   end
 
-  -- every attempt failed
+  -- every attempt failed: the client learns which targets failed and how;
+  -- libcurl's own messages (addresses of internal providers) stay in the log
   local e = last_err or {}
+  local tried = #ctx.tried > 1 and ("; tried " .. concat(ctx.tried, ", ")) or ""
   if e.kind == "timeout" then
-    return fail(ctx, 504, e.total and ("timeout.total of backend " .. tostring(backend.name) ..
+    return fail(ctx, 504, (e.total and ("timeout.total of backend " .. tostring(backend.name) ..
       " ran out after " .. ctx.attempt .. " attempt(s)") or
-      ("upstream " .. tostring(e.target) .. " timed out"), "upstream_timeout")
+      ("upstream " .. tostring(e.target) .. " timed out")) .. tried, "upstream_timeout")
   end
-  -- the client learns which target failed and how; libcurl's own message
-  -- (addresses of internal providers) stays in the error log
-  return fail(ctx, 502, "upstream " .. tostring(e.target) .. " failed: " .. tostring(e.kind),
+  return fail(ctx, 502, "upstream " .. tostring(e.target) .. " failed: " .. tostring(e.kind) .. tried,
     "upstream_error")
 end
 

@@ -51,6 +51,7 @@ backends = {
     { targets = { { provider = "dead", model = "a" } } },
     { targets = { { provider = "good", model = "b" } } } } },
   connect_only = { provider = "dead", model = "a" },
+  two_dead = { targets = { { provider = "dead", model = "a" }, { provider = "dead", model = "b" } } },
   ttfb = { groups = {
       { targets = { { provider = "slow", model = "a" } } },
       { targets = { { provider = "good", model = "b" } } } },
@@ -130,7 +131,7 @@ routes = {
   { match = { path_prefix = "/v1", model = { "m-a", "m-b" } }, backend = "quality" },
   { match = { path_prefix = "/v1" }, backend = "failover",
     model_map = { failover = "failover", no_retry_400 = "no_retry_400", all_fail = "all_fail",
-      connect = "connect", connect_only = "connect_only", ttfb = "ttfb", ttfb_only = "ttfb_only",
+      connect = "connect", connect_only = "connect_only", two_dead = "two_dead", ttfb = "ttfb", ttfb_only = "ttfb_only",
       total = "total", stream_first = "stream_first", stream_cut = "stream_cut", evict = "evict",
       idle = "idle", midway = "midway",
       hinted = "hinted", panic = "panic", nopanic = "nopanic", manual = "manual", weighted = "weighted",
@@ -234,6 +235,15 @@ describe("routing and failover", function()
       local err = helpers.json(res).error
       assert.truthy(err.message:find("dead/a", 1, true), err.message)
       assert.truthy(err.message:find("connect-failure", 1, true), err.message)
+    end)
+
+    it("names every target it tried when all of them failed", function()
+      local res = chat(gw, "two_dead")
+      assert.equal(502, res.status)
+      assert.equal("2", res.headers["x-moongate-attempts"])
+      local msg = helpers.json(res).error.message
+      assert.truthy(msg:find("dead/a (connect-failure)", 1, true), msg)
+      assert.truthy(msg:find("dead/b (connect-failure)", 1, true), msg)
     end)
 
     it("fails over when the first target misses timeout.ttfb", function()
