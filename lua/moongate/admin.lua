@@ -19,6 +19,8 @@ local concat, sort = table.concat, table.sort
 
 _M.MODULES = {
   "moongate.admin.backends",
+  "moongate.admin.consumers",
+  "moongate.admin.limits",
 }
 
 local routes = {}   -- { method =, parts = { "admin", "{backend}", ... }, fn = }

@@ -413,6 +413,7 @@ local CONSUMER = {
         models = one_or_list(STRING),
     },
 }
+_M.consumer_schema = CONSUMER   -- POST /admin/consumers takes the same fields (moongate.consumers)
 
 local TOP = {
     type = "object",
@@ -424,7 +425,10 @@ local TOP = {
         shutdown_timeout = { type = "duration", default = 30 },
         limits = LIMITS,
         ledger = { type = "object", default = {},
-                   properties = { flush_interval = { type = "duration", default = 1 } } },
+                   properties = { flush_interval = { type = "duration", default = 1 },
+                                  -- moongate's own (docs/ledger.md)
+                                  snapshot_interval = { type = "duration", default = 300 },
+                                  rotate_size = { type = "size", default = 64 * 1048576 } } },
         access_log = ACCESS_LOG,
         providers = { type = "object", default = {}, additionalProperties = PROVIDER },
         backends = { type = "object", default = {}, additionalProperties = BACKEND },
@@ -1038,6 +1042,15 @@ local function check_consumers(cfg, errs)
         end
         if c.team ~= nil and cfg.teams[c.team] == nil then
             add(errs, path .. ".team", format("unknown team %q", c.team))
+        end
+    end
+    -- Keys are kept only as SHA-256 digests (hex) once checked: the plain key is in no table that
+    -- outlives the load (moongate.consumers compares digests).
+    local hash_key = require("moongate.consumers").hash_key
+    for _, c in ipairs(cfg.consumers) do
+        if type(c.key) == "string" then
+            c.key_sha256 = hash_key(c.key)
+            c.key = nil
         end
     end
 end

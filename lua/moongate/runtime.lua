@@ -449,9 +449,17 @@ local function forward(ctx, chain, att, status, out)
   else
     local splitter = sse_out and #chain.on_chunk > 0 and sse.new() or nil
     local data = first
+    local res = ctx.response
     while data do
       if dec then data = dec:chunk(data) end
       emit(chain, ctx, r, splitter, data)
+      -- a plugin ended the answer (a hard budget crossed): it wrote its own
+      -- last words; the provider is stopped and the connection cut
+      if res.abort then
+        att:close()
+        C.mg_resp_finish(r, 1)
+        return
+      end
       data, kind, msg = att:read()
     end
     ok = not kind
@@ -947,12 +955,6 @@ local function unsupported(cfg)
       errs[#errs + 1] = format("listen[%d].tls: TLS listeners are not available in this build yet", i)
     end
   end
-  for name, p in pairs(cfg.providers or {}) do
-    if (p.wire ~= "openai" and p.wire ~= "mock") or p.type == "azure" then
-      errs[#errs + 1] = format("providers.%s.type: provider type %q is not available in this build yet",
-        name, p.type)
-    end
-  end
   if cfg.cluster and cfg.cluster.redis then
     errs[#errs + 1] = "cluster.redis: Redis-backed limits and budgets are not available in this build yet"
   end
@@ -1050,6 +1052,8 @@ local function init_run(opts)
   end
   metrics.init()
   C.mg_shared_init(cfg.shared.max_keys)
+  -- consumers created at run time (data_dir), in gw.shared before any worker serves
+  require("moongate.consumers").ensure_loaded(cfg.data_dir)
   state.cfg = cfg
   C.mg_config_set(src, #src)
   if cfg.admin and cfg.admin.listen then

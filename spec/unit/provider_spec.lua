@@ -214,21 +214,16 @@ describe("provider", function()
     end)
 
     it("answers 501 for a wire this build does not speak", function()
-      for _, t in ipairs({ "anthropic", "gemini" }) do
-        local ctx = make_ctx({ provider = { type = t, wire = t, base_url = "https://api.anthropic.com" } })
-        local r = run(ctx)
-        assert.is_table(r)
-        assert.equal(gw.RESPOND_MT, getmetatable(r))
-        assert.equal(501, r.status)
-        local body = cjson.decode(r.body)
-        assert.equal("unsupported_provider", body.error.code)
-        assert.matches(t, body.error.message)
-        assert.is_nil(ctx.upstream.url)
-      end
+      local ctx = make_ctx({ provider = { type = "carrier-pigeon", wire = "pigeon" } })
+      local r = run(ctx)
+      assert.equal(gw.RESPOND_MT, getmetatable(r))
+      assert.equal(501, r.status)
+      assert.equal("unsupported_provider", cjson.decode(r.body).error.code)
+      assert.is_nil(ctx.upstream.url)
     end)
 
     it("answers 501 in the Anthropic format for an Anthropic client", function()
-      local ctx = make_ctx({ provider = { type = "anthropic", wire = "anthropic" } })
+      local ctx = make_ctx({ provider = { type = "carrier-pigeon", wire = "pigeon" } })
       ctx.format = "anthropic"
       local r = run(ctx)
       assert.equal(501, r.status)
@@ -297,6 +292,288 @@ describe("provider", function()
       ctx.backend.timeout = nil
       assert.is_nil(run(ctx))
       assert.equal(600, ctx.upstream.timeout)
+    end)
+  end)
+
+  -- ====================== the providers issue ======================
+
+  local function chat_ctx(over, body)
+    body = body or '{"model":"client-model","messages":[{"role":"user","content":"hi"}]}'
+    over = over or {}
+    over.body = body
+    local ctx = make_ctx(over)
+    ctx.request.headers = over.headers or {}
+    ctx.request.is_json = true
+    ctx.format = ctx.upstream.path:sub(1, 12) == "/v1/messages" and "anthropic" or "openai"
+    return ctx
+  end
+
+  describe("openai wire", function()
+    local STREAM = '{"model":"client-model","stream":true,"messages":[{"role":"user","content":"hi"}],"n":12345678901234567890}'
+
+    it("asks a stream for usage by splicing stream_options, every other byte kept", function()
+      local ctx = chat_ctx({ request = { stream = true } }, STREAM)
+      assert.is_nil(run(ctx))
+      assert.equal('{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}],' ..
+        '"n":12345678901234567890,"stream_options":{"include_usage":true}}', ctx.upstream.body)
+      local d = ctx.upstream.decoder
+      assert.is_table(d)
+      assert.is_true(d.drop_usage_chunk)
+      assert.is_false(d.wants_usage)
+    end)
+
+    it("leaves a stream that asked for usage alone, and keeps its usage chunk", function()
+      local body = '{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}'
+      local ctx = chat_ctx({ request = { stream = true, model = "m" } }, body)
+      run(ctx)
+      assert.equal(body, ctx.upstream.body)
+      assert.is_true(ctx.upstream.decoder.wants_usage)
+      assert.is_false(ctx.upstream.decoder.drop_usage_chunk)
+    end)
+
+    it("does not splice for a vendor whose quirk says so (mistral)", function()
+      local ctx = chat_ctx({ provider = { type = "mistral" }, request = { stream = true } }, STREAM)
+      run(ctx)
+      assert.is_nil(ctx.upstream.body:find("stream_options", 1, true))
+    end)
+
+    it("sets a same-format decoder on chat, completions and embeddings, none on other paths", function()
+      for path, want in pairs({ ["/v1/chat/completions"] = true, ["/v1/completions"] = true,
+                                ["/v1/embeddings"] = true, ["/v1/files"] = false }) do
+        local ctx = chat_ctx({ upstream = { path = path } })
+        run(ctx)
+        assert.equal(want, ctx.upstream.decoder ~= nil, path)
+      end
+      local ctx = chat_ctx({ upstream = { path = "/v1/models", method = "GET" } })
+      ctx.request.is_json = false
+      run(ctx)
+      assert.is_nil(ctx.upstream.decoder)
+    end)
+
+    it("answers the Anthropic SDK's model list in Anthropic's shape", function()
+      local ctx = chat_ctx({ upstream = { path = "/v1/models", method = "GET" },
+        headers = { ["anthropic-version"] = "2023-06-01" } })
+      run(ctx)
+      assert.equal("anthropic", ctx.upstream.decoder.models_style)
+    end)
+
+    it("translates an Anthropic client's request to chat completions", function()
+      local ctx = chat_ctx({ upstream = { path = "/v1/messages" }, request = { stream = true } },
+        '{"model":"claude","max_tokens":64,"stream":true,"system":"Be brief.","messages":[{"role":"user","content":"hi"}]}')
+      assert.is_nil(run(ctx))
+      assert.equal("http://h:1/v1/chat/completions", ctx.upstream.url)
+      assert.equal('{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}],' ..
+        '"max_completion_tokens":64,"stream":true,"stream_options":{"include_usage":true}}', ctx.upstream.body)
+      assert.equal("Bearer k", ctx.upstream.headers.authorization)
+      assert.equal("anthropic", ctx.upstream.decoder.client)
+      assert.equal("openai", ctx.upstream.decoder.wire)
+    end)
+
+    it("uses max_completion_tokens for OpenAI itself", function()
+      local ctx = chat_ctx({ upstream = { path = "/v1/messages" } },
+        '{"model":"claude","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}')
+      run(ctx)
+      assert.equal(64, cjson.decode(ctx.upstream.body).max_completion_tokens)
+      ctx = chat_ctx({ provider = { type = "vllm" }, upstream = { path = "/v1/messages" } },
+        '{"model":"claude","max_tokens":64,"top_k":5,"messages":[{"role":"user","content":"hi"}]}')
+      run(ctx)
+      local doc = cjson.decode(ctx.upstream.body)
+      assert.equal(64, doc.max_tokens)
+      assert.equal(5, doc.top_k)
+    end)
+
+    it("answers count_tokens itself with an estimate", function()
+      local ctx = chat_ctx({ upstream = { path = "/v1/messages/count_tokens" } },
+        '{"model":"claude","messages":[{"role":"user","content":"twelve chars"}]}')
+      local r = run(ctx)
+      assert.equal(200, r.status)
+      assert.equal('{"input_tokens":3}', r.body)
+    end)
+  end)
+
+  describe("azure", function()
+    local function azure(over, body)
+      over = over or {}
+      over.provider = { type = "azure", wire = "openai", base_url = "https://res.openai.azure.com",
+        api_version = "2024-10-21", api_key = "az-key" }
+      return chat_ctx(over, body)
+    end
+
+    it("sends to the deployment named by the target's model, with api-key and api-version", function()
+      local ctx = azure({ target = { model = "gpt4o-prod" } })
+      assert.is_nil(run(ctx))
+      assert.equal("https://res.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
+        ctx.upstream.url)
+      assert.equal("az-key", ctx.upstream.headers["api-key"])
+      assert.is_nil(ctx.upstream.headers.authorization)
+    end)
+
+    it("builds the embeddings, completions and models URLs", function()
+      local ctx = azure({ target = { model = "emb" }, upstream = { path = "/v1/embeddings" } })
+      run(ctx)
+      assert.equal("https://res.openai.azure.com/openai/deployments/emb/embeddings?api-version=2024-10-21", ctx.upstream.url)
+      ctx = azure({ upstream = { path = "/v1/models", method = "GET" } })
+      run(ctx)
+      assert.equal("https://res.openai.azure.com/openai/models?api-version=2024-10-21", ctx.upstream.url)
+    end)
+
+    it("takes an Anthropic client too", function()
+      local ctx = azure({ target = { model = "dep" }, upstream = { path = "/v1/messages" } },
+        '{"model":"claude","max_tokens":9,"messages":[{"role":"user","content":"hi"}]}')
+      run(ctx)
+      assert.equal("https://res.openai.azure.com/openai/deployments/dep/chat/completions?api-version=2024-10-21",
+        ctx.upstream.url)
+      assert.equal(9, cjson.decode(ctx.upstream.body).max_tokens)
+    end)
+  end)
+
+  describe("anthropic wire", function()
+    local function anth(over, body)
+      over = over or {}
+      over.provider = { type = "anthropic", wire = "anthropic", base_url = "https://api.anthropic.com",
+        api_key = "sk-ant", drop_unsupported = over.drop }
+      return chat_ctx(over, body)
+    end
+
+    it("translates an OpenAI chat request to the Messages API", function()
+      local ctx = anth({ target = { model = "claude-3-5-haiku-latest" } },
+        '{"model":"gpt-4o","temperature":0.2,"messages":[{"role":"system","content":"S"},{"role":"user","content":"hi"}]}')
+      assert.is_nil(run(ctx))
+      assert.equal("https://api.anthropic.com/v1/messages", ctx.upstream.url)
+      assert.equal("sk-ant", ctx.upstream.headers["x-api-key"])
+      assert.equal("2023-06-01", ctx.upstream.headers["anthropic-version"])
+      assert.is_nil(ctx.upstream.headers.authorization)
+      assert.equal('{"model":"claude-3-5-haiku-latest","max_tokens":4096,"system":"S","messages":' ..
+        '[{"role":"user","content":[{"type":"text","text":"hi"}]}],"temperature":0.2}', ctx.upstream.body)
+      local d = ctx.upstream.decoder
+      assert.equal("openai", d.client)
+      assert.equal("anthropic", d.wire)
+    end)
+
+    it("refuses a field it cannot honour with a 400 naming it, unless drop_unsupported", function()
+      local body = '{"model":"gpt-4o","n":3,"messages":[{"role":"user","content":"hi"}]}'
+      local r = run(anth({}, body))
+      assert.equal(400, r.status)
+      local e = cjson.decode(r.body).error
+      assert.matches("^n: ", e.message)
+      assert.equal("unsupported_parameter", e.code)
+      local ctx = anth({ drop = true }, body)
+      assert.is_nil(run(ctx))
+      assert.is_nil(cjson.decode(ctx.upstream.body).n)
+    end)
+
+    it("answers embeddings and completions with a 400 saying the provider has none", function()
+      local r = run(anth({ upstream = { path = "/v1/embeddings" } }, '{"model":"x","input":"hi"}'))
+      assert.equal(400, r.status)
+      assert.matches("has no embeddings", cjson.decode(r.body).error.message)
+      r = run(anth({ upstream = { path = "/v1/completions" } }, '{"model":"x","prompt":"hi"}'))
+      assert.equal(400, r.status)
+    end)
+
+    it("sends an Anthropic client's request byte for byte but the model, keeping its version header", function()
+      local body = '{"model":"claude","max_tokens":10,"n":12345678901234567890,"messages":[{"role":"user","content":"hi"}]}'
+      local ctx = anth({ upstream = { path = "/v1/messages" }, headers = { ["anthropic-version"] = "2023-01-01" },
+        request = { model = "claude" } }, body)
+      assert.is_nil(run(ctx))
+      assert.equal((body:gsub('"claude"', '"m"')), ctx.upstream.body)
+      assert.is_nil(ctx.upstream.headers["anthropic-version"])   -- the client's goes through
+      assert.equal("https://api.anthropic.com/v1/messages", ctx.upstream.url)
+      assert.equal("anthropic", ctx.upstream.decoder.client)
+      assert.equal("anthropic", ctx.upstream.decoder.wire)
+    end)
+
+    it("forwards count_tokens to Anthropic", function()
+      local ctx = anth({ upstream = { path = "/v1/messages/count_tokens" } },
+        '{"model":"c","messages":[{"role":"user","content":"hi"}]}')
+      assert.is_nil(run(ctx))
+      assert.equal("https://api.anthropic.com/v1/messages/count_tokens", ctx.upstream.url)
+    end)
+
+    it("lists models for the OpenAI SDK in OpenAI's shape", function()
+      local ctx = anth({ upstream = { path = "/v1/models", method = "GET" } })
+      run(ctx)
+      assert.equal("https://api.anthropic.com/v1/models", ctx.upstream.url)
+      assert.equal("openai", ctx.upstream.decoder.models_style)
+    end)
+
+    it("answers a body that is not a JSON object with a 400", function()
+      local ctx = anth({}, '[1,2]')
+      local r = run(ctx)
+      assert.equal(400, r.status)
+    end)
+  end)
+
+  describe("gemini wire", function()
+    local function gem(over, body)
+      over = over or {}
+      over.provider = { type = "gemini", wire = "gemini", base_url = "https://generativelanguage.googleapis.com",
+        api_key = "g-key" }
+      return chat_ctx(over, body)
+    end
+
+    it("sends to generateContent with x-goog-api-key", function()
+      local ctx = gem({ target = { model = "gemini-2.0-flash" } })
+      assert.is_nil(run(ctx))
+      assert.equal("https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent",
+        ctx.upstream.url)
+      assert.equal("g-key", ctx.upstream.headers["x-goog-api-key"])
+      assert.equal('{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}', ctx.upstream.body)
+    end)
+
+    it("streams from streamGenerateContent?alt=sse", function()
+      local ctx = gem({ target = { model = "gemini-2.0-flash" }, request = { stream = true } },
+        '{"model":"x","stream":true,"messages":[{"role":"user","content":"hi"}]}')
+      run(ctx)
+      assert.equal("https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+        ctx.upstream.url)
+      assert.is_true(ctx.upstream.decoder.stream)
+    end)
+
+    it("takes an Anthropic client through the hub", function()
+      local ctx = gem({ target = { model = "gemini-2.0-flash" }, upstream = { path = "/v1/messages" } },
+        '{"model":"claude","max_tokens":100,"system":"S","messages":[{"role":"user","content":"hi"}]}')
+      assert.is_nil(run(ctx))
+      local doc = cjson.decode(ctx.upstream.body)
+      assert.equal("S", doc.systemInstruction.parts[1].text)
+      assert.equal(100, doc.generationConfig.maxOutputTokens)
+      assert.equal("anthropic", ctx.upstream.decoder.client)
+    end)
+
+    it("embeds with batchEmbedContents", function()
+      local ctx = gem({ target = { model = "text-embedding-004" }, upstream = { path = "/v1/embeddings" } },
+        '{"model":"x","input":"hi","encoding_format":"base64"}')
+      run(ctx)
+      assert.equal("https://generativelanguage.googleapis.com/v1beta/models/text-embedding-004:batchEmbedContents",
+        ctx.upstream.url)
+      assert.is_true(ctx.upstream.decoder.embeddings_base64)
+    end)
+
+    it("keeps a base_url that already names the API version, and uses the client's model with model = false", function()
+      local ctx = gem({ target = { model = false }, request = { model = "gemini-pro" } })
+      ctx.provider.base_url = "http://127.0.0.1:9/v1beta/"
+      run(ctx)
+      assert.equal("http://127.0.0.1:9/v1beta/models/gemini-pro:generateContent", ctx.upstream.url)
+    end)
+
+    it("answers count_tokens itself", function()
+      local r = run(gem({ upstream = { path = "/v1/messages/count_tokens" } },
+        '{"model":"c","system":"12345678","messages":[{"role":"user","content":"1234"}]}'))
+      assert.equal('{"input_tokens":3}', r.body)
+    end)
+  end)
+
+  describe("mock wire", function()
+    it("asks the mock for stream usage and reads it in the client's format", function()
+      local ctx = chat_ctx({ provider = { type = "mock", wire = "mock" }, request = { stream = true } },
+        '{"model":"x","stream":true,"messages":[]}')
+      run(ctx)
+      assert.equal('{"model":"m","stream":true,"messages":[],"stream_options":{"include_usage":true}}', ctx.upstream.body)
+      assert.equal("openai", ctx.upstream.decoder.wire)
+      ctx = chat_ctx({ provider = { type = "mock", wire = "mock" }, upstream = { path = "/v1/messages" } },
+        '{"model":"x","max_tokens":5,"messages":[]}')
+      run(ctx)
+      assert.equal("anthropic", ctx.upstream.decoder.wire)
+      assert.equal("anthropic", ctx.upstream.decoder.client)
     end)
   end)
 end)

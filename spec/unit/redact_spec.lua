@@ -49,7 +49,9 @@ describe("redact.config", function()
     end
     assert.equal("[redacted]", view.providers.openai.api_key)
     assert.equal("[redacted]", view.admin.token)
-    assert.equal("[redacted]", view.consumers[1].key)
+    -- the config keeps consumer keys as digests only (moongate.consumers); those are hidden too
+    assert.is_nil(view.consumers[1].key)
+    assert.equal("[redacted]", view.consumers[1].key_sha256)
     assert.equal("[redacted]", view.providers.vllm.headers.Authorization
                                or view.providers.vllm.headers.authorization)
     assert.equal("https://[redacted]@llm.example.com/v1", view.providers.gem.base_url)

@@ -1,0 +1,168 @@
+-- budget — spend caps in USD per period (SPEC §2, §5), on_upstream_request / on_chunk / on_log.
+--
+-- Budgets are configured where they apply, not on this plugin:
+--   consumers = { { name = "alice", key = ..., budget = { usd = 100, period = "1mo" } } }
+--   teams = { search = { budget = { usd = 1000, period = "1mo", hard = true } } }
+--   model_budgets = { ["gpt-4o"] = { usd = 50, period = "1d" } }       -- all consumers together
+-- and the plugin switches itself on (with cost) when any is. Run-time consumers' budgets (POST
+-- /admin/consumers) are enforced when it is on.
+--
+-- Periods are calendar-aligned in UTC ("1mo": from the 1st, 00:00 UTC; "1d": from midnight UTC;
+-- "1h": from the hour); each period has its own counter in gw.shared, named after its start:
+-- budget:consumer:alice:2026-12, budget:team:search:2026-12-03, budget:model:gpt-4o:2026-12-03T14.
+-- A counter holds the period's recorded spend plus the estimates of requests in flight.
+--
+-- Admission (the first attempt's on_upstream_request, when the target and so its price are known):
+-- the request's estimated cost (prompt bytes / 4 at the input price, max_tokens at the output
+-- price) is reserved on every budget that applies — the consumer's, its team's, the target
+-- model's and the client model's — with gw.shared.reserve: admitted while spend + reservations is
+-- below the budget, so the request that crosses it is still served and concurrent requests
+-- overshoot by at most one each. Refused: 429, code insufficient_quota, in the client's format.
+-- on_log settles each reservation to the real cost (ctx.cost_usd, moongate.pricing).
+--
+-- hard = true also ends a stream that crosses the budget: on_chunk keeps a running estimate of the
+-- request's cost from the streamed text, and when the period's spend would pass the budget it
+-- sends an error event in the client's format and drops the rest of the stream.
+--
+-- Spend lives in gw.shared only: a restart starts every period at 0 until the ledger (SPEC §8)
+-- rebuilds it.
+--
+-- Priority 1900: after rate_limit (2000), before cost (1800).
+local gw = require("gw")
+local errors = require("moongate.errors")
+local limiter = require("moongate.limiter")
+local pricing = require("moongate.pricing")
+
+local ceil, floor, max = math.ceil, math.floor, math.max
+local find, format = string.find, string.format
+local os_date = os.date
+local ipairs, tostring, type = ipairs, tostring, type
+
+local _M = {
+  name = "budget",
+  priority = 1900,
+  schema = { type = "object", properties = {} },
+}
+
+-- Periods: moongate.limiter (window, period_text, budget_key)
+_M.window = limiter.period_window
+_M.period_text = limiter.period_text
+_M.key = limiter.budget_key
+
+---------------------------------------------------------------------------------------------------
+-- Which budgets apply
+---------------------------------------------------------------------------------------------------
+
+-- applicable(ctx) -> { { scope =, name =, budget = }, ... }
+function _M.applicable(ctx)
+  local cfg = ctx.config or {}
+  local out = {}
+  local c = ctx.consumer
+  if c then
+    if c.budget then out[#out + 1] = { scope = "consumer", name = c.name, budget = c.budget } end
+    local team = c.team and cfg.teams and cfg.teams[c.team]
+    if team and team.budget then out[#out + 1] = { scope = "team", name = c.team, budget = team.budget } end
+  end
+  local mb = cfg.model_budgets or {}
+  local tm = ctx.target and type(ctx.target.model) == "string" and ctx.target.model
+  if tm and mb[tm] then out[#out + 1] = { scope = "model", name = tm, budget = mb[tm] } end
+  local cm = ctx.request and ctx.request.model
+  if cm and cm ~= tm and mb[cm] then out[#out + 1] = { scope = "model", name = cm, budget = mb[cm] } end
+  return out
+end
+
+---------------------------------------------------------------------------------------------------
+-- Hooks
+---------------------------------------------------------------------------------------------------
+
+local function usd(x)
+  return "$" .. pricing.decimal(floor(x * 10000 + 0.5) / 10000)
+end
+
+local function refuse(ctx, b, finish)
+  local what = b.scope == "model" and ("model " .. b.name) or (b.scope .. " " .. b.name)
+  return errors.respond(ctx, 429, format("Budget exhausted for %s: %s per %s; it renews at %s.",
+    what, usd(b.budget.usd), _M.period_text(b.budget.period), os_date("!%Y-%m-%dT%H:%M:%SZ", finish)),
+    "insufficient_quota")
+end
+
+function _M.on_upstream_request(ctx, conf)
+  local v = ctx.vars
+  local st = v.budget
+  local list = _M.applicable(ctx)
+  if not st then
+    if #list == 0 then return end
+    local prompt, completion = pricing.estimate(ctx)
+    local prices = pricing.prices(ctx, v.pricing)
+    st = { held = {}, prices = prices, prompt = prompt,
+           est = pricing.cost(prices, { prompt_tokens = prompt, completion_tokens = completion }) }
+    v.budget = st
+  end
+  -- a retry to another target may bring another model's budget in
+  local now = gw.now()
+  local shared = gw.shared
+  for _, b in ipairs(list) do
+    local key, finish = _M.key(b.scope, b.name, b.budget.period, now)
+    local have = false
+    for _, h in ipairs(st.held) do
+      if h.key == key then have = true break end
+    end
+    if not have then
+      local ok = shared.reserve(key, st.est, b.budget.usd, max(1, finish - now + 3600))
+      if not ok then
+        for _, h in ipairs(st.held) do shared.settle(h.key, h.n, 0) end
+        st.held = {}
+        return refuse(ctx, b, finish)
+      end
+      st.held[#st.held + 1] = { key = key, n = st.est, b = b }
+      if b.budget.hard then st.hard = true end
+    end
+  end
+end
+
+local function stream_error(ctx, message)
+  if ctx.format == "anthropic" then
+    return "event: error\ndata: " .. errors.body("anthropic", 429, message) .. "\n\n"
+  end
+  return "data: " .. errors.body("openai", 429, message, "insufficient_quota") .. "\n\n"
+end
+
+-- hard budgets: end a stream whose running cost takes the period's spend past the budget
+function _M.on_chunk(ctx, conf, chunk)
+  local st = ctx.vars.budget
+  if not st or not st.hard then return end
+  if st.cut then return false end
+  local resp = ctx.response
+  local ct = resp and resp.headers and resp.headers["content-type"] or ""
+  if not find(ct, "text/event-stream", 1, true) then return end
+  pricing.track(ctx, chunk)
+  local u = ctx.usage or { prompt_tokens = st.prompt,
+                           completion_tokens = ceil((ctx.vars._mg_text_bytes or 0) / 4) }
+  local running = pricing.cost(st.prices, u)
+  local shared = gw.shared
+  for _, h in ipairs(st.held) do
+    if h.b.budget.hard then
+      local spent = shared.get(h.key)
+      if type(spent) == "number" and spent - h.n + running >= h.b.budget.usd then
+        st.cut = true
+        -- asks the runtime to end the answer with a cut connection (never a clean end) and to stop
+        -- reading the provider, which would go on billing what is dropped here
+        resp.abort = true
+        local b = h.b
+        gw.log("info", "budget: " .. b.scope .. " " .. b.name .. " crossed its hard budget mid-stream; ending it")
+        return stream_error(ctx, format("Budget exhausted for %s %s (%s per %s): the answer was cut.",
+          b.scope, b.name, usd(b.budget.usd), _M.period_text(b.budget.period)))
+      end
+    end
+  end
+end
+
+function _M.on_log(ctx, conf)
+  local st = ctx.vars.budget
+  if not st then return end
+  local cost = pricing.compute(ctx, ctx.vars.pricing) or 0
+  local shared = gw.shared
+  for _, h in ipairs(st.held) do shared.settle(h.key, h.n, cost) end
+end
+
+return _M
