@@ -12,6 +12,7 @@
 -- list), before rate_limit (2000) and budget (1900), which count per consumer and team.
 local consumers = require("moongate.consumers")
 local errors = require("moongate.errors")
+local jwt = require("moongate.jwt")
 
 local _M = {
   name = "auth",
@@ -37,7 +38,22 @@ local function key_of(h)
 end
 _M.key_of = key_of
 
+-- Whether the jwt plugin runs after this one on this request's chain (it does at the shipped
+-- priorities, 2500 and 2450; an entry's priority may change that).
+local function jwt_follows(ctx)
+  local list = ctx._chain and ctx._chain.on_request
+  if not list then return false end
+  local me = false
+  for i = 1, #list do
+    local name = list[i].name
+    if me and name == "jwt" then return true end
+    if name == ctx._plugin then me = true end
+  end
+  return false
+end
+
 function _M.on_request(ctx, conf)
+  if ctx.consumer ~= nil then return end   -- a plugin before this one authenticated it
   local key = key_of(ctx.request.headers)
   if not key then
     return errors.respond(ctx, 401, "Missing API key: send it as \"Authorization: Bearer <key>\", " ..
@@ -45,6 +61,8 @@ function _M.on_request(ctx, conf)
   end
   local c = consumers.lookup(ctx.config, key)
   if not c then
+    -- a bearer JWT is the jwt plugin's (priority 2450) to accept or refuse
+    if jwt_follows(ctx) and jwt.looks_like(key) then return end
     return errors.respond(ctx, 401, "Incorrect API key provided.", "invalid_api_key")
   end
   local model = ctx.request.model

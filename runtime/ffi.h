@@ -113,6 +113,22 @@ MG_EXPORT int  mg_hmac_sha256(const void *key, size_t klen, const void *data, si
 /* 1 when the two buffers are equal; time depends only on len */
 MG_EXPORT int  mg_const_eq(const void *a, const void *b, size_t len);
 
+/* -- JWS signatures (crypto.c, mbedTLS; the jwt plugin) ------------------ */
+/* Keys as JWK components, raw bytes (base64url-decoded): HS256 k1 = the
+ * secret (32 bytes at least), k2 unused; RS256 k1 = n, k2 = e (2048 bits at
+ * least); ES256 k1 = x, k2 = y (P-256, 32 bytes each). sig is the JWS
+ * signature as sent: the HMAC, the PKCS#1 v1.5 block, or raw r || s for
+ * ES256. msg is the signing input, "header.payload" as sent. err (may be NULL)
+ * gets a reason for the log, never key or signature bytes. */
+enum { MG_JWS_HS256 = 1, MG_JWS_RS256 = 2, MG_JWS_ES256 = 3 };
+/* 0 when the key is usable for alg, -1 (err says why) when not. */
+MG_EXPORT int mg_jws_key_check(int alg, const void *k1, size_t k1len, const void *k2,
+                               size_t k2len, char *err, size_t errlen);
+/* 1 the signature verifies; 0 it does not; -1 the key is unusable. */
+MG_EXPORT int mg_jws_verify(int alg, const void *k1, size_t k1len, const void *k2, size_t k2len,
+                            const void *msg, size_t mlen, const void *sig, size_t slen,
+                            char *err, size_t errlen);
+
 /* -- time, sleep, logs, ids ----------------------------------------------- */
 MG_EXPORT double mg_now(void);          /* wall clock, seconds */
 MG_EXPORT double mg_monotonic(void);

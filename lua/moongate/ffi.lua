@@ -67,6 +67,13 @@ size_t mg_shared_count(void);
 void mg_sha256(const void *data, size_t len, unsigned char out[32]);
 int  mg_hmac_sha256(const void *key, size_t klen, const void *data, size_t len, unsigned char out[32]);
 int  mg_const_eq(const void *a, const void *b, size_t len);
+enum { MG_JWS_HS256 = 1, MG_JWS_RS256 = 2, MG_JWS_ES256 = 3 };
+int  mg_jws_key_check(int alg, const void *k1, size_t k1len, const void *k2, size_t k2len,
+                      char *err, size_t errlen);
+int  mg_jws_verify(int alg, const void *k1, size_t k1len, const void *k2, size_t k2len,
+                   const void *msg, size_t mlen, const void *sig, size_t slen,
+                   char *err, size_t errlen);
+
 double mg_now(void);
 double mg_monotonic(void);
 int    mg_sleep(int64_t waiter, double seconds);

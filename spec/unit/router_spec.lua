@@ -128,8 +128,21 @@ describe("router", function()
   end)
 
   -- SPEC §4: `when` takes an expression string or a Lua function; the config
-  -- keeps the source text, and this router only calls functions for now.
-  pending("matches a string `when` expression (waits for the expression compiler)")
+  -- keeps the source text and the router compiles it once.
+  it("matches a string `when` expression over request and consumer", function()
+    local routes = {
+      { name = "e", match = { when = "request.headers['x-tier'] == 'q' && request.model.startsWith('gpt')" },
+        backend = "quality" },
+      { name = "c", match = { when = "consumer.team == 'search'" }, backend = "b2" },
+      { name = "rest", backend = "other" },
+    }
+    assert.equal("e", (chosen(routes, { headers = { ["x-tier"] = "q" } })))
+    assert.equal("rest", (chosen(routes, { headers = { ["x-tier"] = "q" }, model = "claude" })))
+    local ctx = { config = { routes = routes, backends = BACKENDS }, request = request(),
+                  consumer = { name = "alice", team = "search" } }
+    router.on_route(ctx, {})
+    assert.equal("c", ctx.route.name)
+  end)
 
   it("needs every match key to hold", function()
     local routes = {
