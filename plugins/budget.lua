@@ -24,8 +24,9 @@
 -- request's cost from the streamed text, and when the period's spend would pass the budget it
 -- sends an error event in the client's format and drops the rest of the stream.
 --
--- Spend lives in gw.shared only: a restart starts every period at 0 until the ledger (SPEC §8)
--- rebuilds it.
+-- Spend lives in gw.shared; at start, rebuild() puts each budget's current period back from the
+-- ledger's totals (SPEC §8), before any worker serves: a restart loses nothing recorded. Model
+-- budgets are rebuilt from the ledger's per-model totals, which count the target's model.
 --
 -- Priority 1900: after rate_limit (2000), before cost (1800).
 local gw = require("gw")
@@ -36,7 +37,7 @@ local pricing = require("moongate.pricing")
 local ceil, floor, max = math.ceil, math.floor, math.max
 local find, format = string.find, string.format
 local os_date = os.date
-local ipairs, tostring, type = ipairs, tostring, type
+local ipairs, pairs, pcall, tostring, type = ipairs, pairs, pcall, tostring, type
 
 local _M = {
   name = "budget",
@@ -163,6 +164,49 @@ function _M.on_log(ctx, conf)
   local cost = pricing.compute(ctx, ctx.vars.pricing) or 0
   local shared = gw.shared
   for _, h in ipairs(st.held) do shared.settle(h.key, h.n, cost) end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Start-up
+---------------------------------------------------------------------------------------------------
+
+-- rebuild(cfg, ledger) -> number of counters set: each budget's spend in its current period, from
+-- the ledger's aggregates (moongate.ledger.totals), into gw.shared. Main thread, before workers.
+function _M.rebuild(cfg, ledger)
+  local now = gw.now()
+  local totals = {}   -- dim .. start -> { [key] = { cost_usd = } }
+  local set = 0
+  local function put(scope, dim, name, budget)
+    if type(name) ~= "string" or not budget or not budget.period then return end
+    local start, finish = limiter.period_window(budget.period, now)
+    local tk = dim .. "\0" .. start
+    local t = totals[tk]
+    if t == nil then
+      t = ledger.totals(dim, start, now) or false
+      totals[tk] = t
+    end
+    local row = t and t[name]
+    if row and row.cost_usd and row.cost_usd > 0 then
+      local key = _M.key(scope, name, budget.period, now)
+      gw.shared.set(key, row.cost_usd, max(1, finish - now + 3600))
+      set = set + 1
+    end
+  end
+  for _, c in ipairs(cfg.consumers or {}) do put("consumer", "consumer", c.name, c.budget) end
+  local ok, consumers = pcall(require, "moongate.consumers")
+  if ok then
+    local units = require("moongate.units")
+    local status, doc = consumers.list(cfg)
+    for _, c in ipairs(status == 200 and doc.consumers or {}) do
+      if c.source == "admin" and c.budget then
+        local period = units.period(c.budget.period)
+        if period then put("consumer", "consumer", c.name, { usd = c.budget.usd, period = period }) end
+      end
+    end
+  end
+  for name, t in pairs(cfg.teams or {}) do put("team", "team", name, t.budget) end
+  for model, b in pairs(cfg.model_budgets or {}) do put("model", "model", model, b) end
+  return set
 end
 
 return _M

@@ -129,6 +129,50 @@ MG_EXPORT int mg_jws_verify(int alg, const void *k1, size_t k1len, const void *k
                             const void *msg, size_t mlen, const void *sig, size_t slen,
                             char *err, size_t errlen);
 
+/* -- the cost ledger (ledger.c): <data_dir>/ledger, one writer thread ---- */
+/* Dimensions of the aggregates, in the order the arguments below take them. */
+enum { MG_LEDGER_TEAM = 0, MG_LEDGER_CONSUMER = 1, MG_LEDGER_MODEL = 2, MG_LEDGER_PROVIDER = 3 };
+/* Main thread, at start: creates <data_dir>/ledger, takes its lock and opens
+ * the newest ledger file (or a new one) for appending. 0, or -1 with err
+ * naming the path (nothing is left open then). */
+MG_EXPORT int  mg_ledger_open(const char *data_dir, char *err, size_t errlen);
+/* Seconds, seconds, bytes (0: never rotate); a value <= 0 (< 0 for
+ * rotate_bytes) keeps the current one. Any thread, any time. */
+MG_EXPORT void mg_ledger_configure(double flush_interval, double snapshot_interval,
+                                   double rotate_bytes);
+/* Starts the writer thread once the snapshot is loaded and the records after
+ * it replayed; snapshot_now: write a snapshot at its first flush. */
+MG_EXPORT int  mg_ledger_start(int snapshot_now, char *err, size_t errlen);
+/* Any thread: one record — its JSON line (a newline is added when missing)
+ * and the figures the aggregates count. A key may be NULL (none). cost_units
+ * is the cost in 1e-10 USD. 0, or -1 when the ledger is not open or the
+ * writer is too far behind (the record is dropped, and logged). */
+MG_EXPORT int  mg_ledger_append(const char *line, size_t len, double time, const char *team,
+                                size_t tl, const char *consumer, size_t cl, const char *model,
+                                size_t ml, const char *provider, size_t pl, double prompt,
+                                double completion, double cost_units);
+/* Replay at start: the same figures into the aggregates, no line written. */
+MG_EXPORT int  mg_ledger_count(double time, const char *team, size_t tl, const char *consumer,
+                               size_t cl, const char *model, size_t ml, const char *provider,
+                               size_t pl, double prompt, double completion, double cost_units);
+/* Snapshot load at start: adds to one bucket (level: 0 hour, 1 day, 2 month;
+ * start must be that bucket's start). -1 for a bad dimension, level or start. */
+MG_EXPORT int  mg_ledger_load(int dim, int level, double start, const char *key, size_t klen,
+                              double requests, double prompt, double completion,
+                              double cost_units);
+/* Sums per key of dimension dim over the buckets overlapping [since, until):
+ * returns the number of groups (read them with mg_ledger_group, on the same
+ * thread, before its next query), or -1; eff_since, eff_until: the range
+ * widened to the whole buckets it covers. */
+MG_EXPORT int  mg_ledger_query(int dim, double since, double until, double *eff_since,
+                               double *eff_until);
+/* Group i of this thread's last query; key NULL for none. 0, or -1. */
+MG_EXPORT int  mg_ledger_group(int i, const char **key, size_t *klen, double *requests,
+                               double *prompt, double *completion, double *cost_units);
+/* The ledger file names in dir, sorted (oldest first), one per line; free
+ * with mg_free. NULL when dir cannot be read. */
+MG_EXPORT char *mg_ledger_files(const char *dir, size_t *len);
+
 /* -- time, sleep, logs, ids ----------------------------------------------- */
 MG_EXPORT double mg_now(void);          /* wall clock, seconds */
 MG_EXPORT double mg_monotonic(void);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "ledger.h"
 #include "log.h"
 #include "mg_version.h"
 #include "worker.h"
@@ -160,12 +161,14 @@ int main(int argc, char **argv)
     int rc = mg_lua_init(&worker, home, config, mode, argc - rest, argv + rest);
     if (rc != 0 || strcmp(mode, "check") == 0) {
         mg_process_join();
+        mg_ledger_close();
         mg_worker_close(&worker);
         curl_global_cleanup();
         return rc;
     }
     rc = mg_worker_run(&worker);
     mg_process_join();
+    mg_ledger_close();      /* the workers are gone: every record is in; flush and snapshot */
     mg_worker_close(&worker);
     curl_global_cleanup();
     mg_log(MG_LOG_INFO, "stopped");

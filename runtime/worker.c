@@ -94,6 +94,8 @@ typedef struct {
     int64_t      waiter;
 } sleep_t;
 
+static char sleep_mark;   /* data of the timers that are sleep_t's */
+
 static void on_sleep(uv_timer_t *t)
 {
     sleep_t *s = (sleep_t *)t;
@@ -112,6 +114,7 @@ int mg_sleep(int64_t waiter, double seconds)
     s->w = w;
     s->waiter = waiter;
     uv_timer_init(&w->loop, &s->t);
+    s->t.data = &sleep_mark;           /* mg_worker_close frees a sleep still pending */
     uv_timer_start(&s->t, on_sleep, (uint64_t)(seconds * 1000.0 + 0.5), 0);
     return 0;
 }
@@ -403,7 +406,10 @@ int mg_worker_run(mg_worker_t *w)
 static void close_walk(uv_handle_t *h, void *arg)
 {
     (void)arg;
-    if (!uv_is_closing(h)) uv_close(h, NULL);
+    if (uv_is_closing(h)) return;
+    /* a gw.sleep still pending (a background job, e.g. the health prober) owns its memory */
+    if (h->type == UV_TIMER && h->data == &sleep_mark) uv_close(h, (uv_close_cb)free);
+    else uv_close(h, NULL);
 }
 
 /* Close what is left; called once uv_run has returned. Handles still open

@@ -8,7 +8,8 @@
 --     req:    the admin request (method, path, query, headers, body, json)
 --     params: the {name} segments of the pattern, URL-decoded
 --     cfg:    the running config
---   doc is sent as JSON; a table with gw.json.array_mt goes out as [] when empty.
+--   doc is sent as JSON (a table with gw.json.array_mt goes out as [] when empty), or as it
+--   is when it is a string the handler encoded itself.
 --
 -- Modules listed in MODULES are required once, by load(); each registers its
 -- routes when required.
@@ -20,6 +21,7 @@ local concat, sort = table.concat, table.sort
 _M.MODULES = {
   "moongate.admin.backends",
   "moongate.admin.consumers",
+  "moongate.admin.costs",
   "moongate.admin.limits",
 }
 

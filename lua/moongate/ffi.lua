@@ -73,6 +73,22 @@ int  mg_jws_key_check(int alg, const void *k1, size_t k1len, const void *k2, siz
 int  mg_jws_verify(int alg, const void *k1, size_t k1len, const void *k2, size_t k2len,
                    const void *msg, size_t mlen, const void *sig, size_t slen,
                    char *err, size_t errlen);
+int  mg_ledger_open(const char *data_dir, char *err, size_t errlen);
+void mg_ledger_configure(double flush_interval, double snapshot_interval, double rotate_bytes);
+int  mg_ledger_start(int snapshot_now, char *err, size_t errlen);
+int  mg_ledger_append(const char *line, size_t len, double time, const char *team, size_t tl,
+                      const char *consumer, size_t cl, const char *model, size_t ml,
+                      const char *provider, size_t pl, double prompt, double completion,
+                      double cost_units);
+int  mg_ledger_count(double time, const char *team, size_t tl, const char *consumer, size_t cl,
+                     const char *model, size_t ml, const char *provider, size_t pl,
+                     double prompt, double completion, double cost_units);
+int  mg_ledger_load(int dim, int level, double start, const char *key, size_t klen,
+                    double requests, double prompt, double completion, double cost_units);
+int  mg_ledger_query(int dim, double since, double until, double *eff_since, double *eff_until);
+int  mg_ledger_group(int i, const char **key, size_t *klen, double *requests, double *prompt,
+                     double *completion, double *cost_units);
+char *mg_ledger_files(const char *dir, size_t *len);
 
 double mg_now(void);
 double mg_monotonic(void);

@@ -609,6 +609,17 @@ local function proxy(ctx, chain)
     "upstream_error")
 end
 
+local ledger = require("moongate.ledger")
+local access_log = require("moongate.access_log")
+
+local function write_records(ctx, status, wall, dur, r)
+  ledger.record(ctx, status, wall, dur)
+  if state.access_log then
+    local line = access_log.line(ctx, status, wall, dur, tonumber(C.mg_resp_bytes(r)))
+    C.mg_access_write(line, #line)
+  end
+end
+
 local function log_request(ctx)
   local r = ctx._req
   local status = C.mg_resp_status(r)
@@ -623,14 +634,10 @@ local function log_request(ctx)
   metrics.add("moongate_requests_total", metrics.request_labels(route, backend, target, status), 1)
   metrics.observe("moongate_request_duration_seconds", "", dur)
   if ctx.timings.ttfb then metrics.observe("moongate_upstream_ttfb_seconds", "", ctx.timings.ttfb) end
-  if state.access_log then
-    local req = ctx.request
-    local line = format('%s %s "%s %s HTTP/1.%d" %d %d %.1fms id=%s route=%s target=%s attempts=%d\n',
-      os.date("!%Y-%m-%dT%H:%M:%SZ"), req.remote, req.method, req.target, req.http_minor,
-      status, tonumber(C.mg_resp_bytes(r)), dur * 1000, ctx.id, route ~= "" and route or "-",
-      target ~= "" and target or "-", ctx.attempt)
-    C.mg_access_write(line, #line)
-  end
+  -- one ledger record and one access log line, both JSON (moongate.ledger, moongate.access_log);
+  -- an error here must not keep the request from being released
+  local ok, err = pcall(write_records, ctx, status, C.mg_now(), dur, r)
+  if not ok then gw.log("error", "ledger/access log: " .. tostring(err)) end
 end
 
 local function pipeline(ctx)
@@ -839,6 +846,11 @@ local function admin_handle(r, req, ctx)
         local fn, params = admin_routes.match(req.method, path)
         if fn then
           local status, doc, headers = fn(req, params, cfg)
+          if type(doc) == "string" then   -- JSON the handler encoded itself (exact decimals)
+            headers = headers or {}
+            headers["content-type"] = headers["content-type"] or "application/json"
+            return send_whole(ctx, status, doc, headers)
+          end
           if headers then
             local body = gw.json.encode(mark_arrays(doc)):gsub('"\\u0000mg%-empty%-array\\u0000"', "[]")
             headers["content-type"] = headers["content-type"] or "application/json"
@@ -1052,6 +1064,20 @@ local function init_run(opts)
   end
   metrics.init()
   C.mg_shared_init(cfg.shared.max_keys)
+  -- the cost ledger: a data_dir it cannot write stops the start; its aggregates come from the
+  -- last snapshot and the records after it, before any worker appends (moongate.ledger)
+  local lok, lerr = ledger.start(cfg)
+  if not lok then
+    io.stderr:write(lerr, "\n")
+    return 1
+  end
+  -- budgets' spend in their current periods, from the ledger's totals (SPEC §8)
+  for _, e in ipairs(cfg.plugins) do
+    if e.name == "budget" and e.plugin and e.plugin.rebuild then
+      local n = e.plugin.rebuild(cfg, ledger)
+      if n > 0 then gw.log("info", "budget: " .. n .. " budget counter(s) rebuilt from the ledger") end
+    end
+  end
   -- consumers created at run time (data_dir), in gw.shared before any worker serves
   require("moongate.consumers").ensure_loaded(cfg.data_dir)
   state.cfg = cfg

@@ -19,6 +19,7 @@ describe("back-pressure", function()
     up = helpers.start_fake_upstream()
     gw = helpers.start_gateway([[
 listen = { "127.0.0.1:${PORT}" }
+admin  = { listen = "127.0.0.1:${ADMIN_PORT}" }   -- never the default 9901: specs may run side by side
 access_log = false
 providers = { fake = { type = "openai", base_url = "http://127.0.0.1:${UP_PORT}/v1", api_key = "sk" },
               m = { type = "mock" } }

@@ -5,6 +5,7 @@ local helpers = require "spec.support.helpers"
 
 local CONFIG = [[
 listen = { "127.0.0.1:${PORT}" }
+admin  = { listen = "127.0.0.1:${ADMIN_PORT}" }   -- never the default 9901: specs may run side by side
 shared = { max_keys = 64 }
 providers = { m = { type = "mock" } }
 backends = { main = { provider = "m", model = false } }

@@ -7,6 +7,7 @@ local helpers = require "spec.support.helpers"
 
 local CONFIG = [[
 listen = { "127.0.0.1:${PORT}" }
+admin  = { listen = "127.0.0.1:${ADMIN_PORT}" }   -- never the default 9901: specs may run side by side
 workers = 1
 providers = { up = { type = "openai", base_url = "${UP}/v1", api_key = "sk-x" } }
 backends = { main = { provider = "up", model = "gpt-4o-mini" } }
