@@ -57,7 +57,7 @@ local function replace_model(ctx, up)
   if req.model == model then return end
   local quoted = splice.quote(model)
   local at = req.model_at
-  if at and up.body == req.body then
+  if at and up.body == req.model_body then
     -- the runtime's scan already found the value in this very text
     up.body = up.body:sub(1, at - 1) .. quoted .. up.body:sub(req.model_end + 1)
     return

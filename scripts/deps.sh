@@ -37,6 +37,18 @@ install_sdks() {
   fi
 }
 
+# examples/kubernetes/validate/node_modules (the Kubernetes schema validator of
+# examples/check.sh) from its committed lock file, when missing or older.
+install_k8s_validator() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/examples/kubernetes/validate"
+  if [[ ! -d "$dir/node_modules" || "$dir/package-lock.json" -nt "$dir/node_modules" ]]; then
+    echo "deps: npm ci in examples/kubernetes/validate"
+    npm ci --prefix "$dir" --no-audit --no-fund
+    touch "$dir/node_modules"
+  fi
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
@@ -45,7 +57,7 @@ done
 
 if ((${#missing[@]} == 0)); then
   echo "deps: all ${#pkgs[@]} packages installed"
-  if ((test)); then install_sdks; fi
+  if ((test)); then install_sdks; install_k8s_validator; fi
   exit 0
 fi
 
@@ -55,4 +67,4 @@ if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi
 echo "deps: installing ${missing[*]}"
 "${sudo[@]}" apt-get update
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-if ((test)); then install_sdks; fi
+if ((test)); then install_sdks; install_k8s_validator; fi

@@ -6,6 +6,8 @@
 #   ctest           the C unit tests
 #   unit            busted --run=unit        (Lua modules, the harness)
 #   integration     busted --run=integration against build/moongate
+#   examples        examples/check.sh: moongate check on every example config, the
+#                   Kubernetes manifests against their schemas
 #   build-asan      cmake build-asan/ with -DMOONGATE_SANITIZE=ON
 #   integration-asan  the integration specs again against build-asan/moongate
 #   integration-valgrind  the integration specs again under valgrind memcheck
@@ -183,6 +185,31 @@ if selected integration; then
   fi
 else
   skipped integration
+fi
+
+# --- examples ---------------------------------------------------------------
+# examples/check.sh prints one "ok - " / "not ok - " / "pending - " line per check and ends
+# with "N passed, N failed"; a check pending on a feature this build lacks counts as neither.
+if selected examples; then
+  if ((build_ok)); then
+    ex_rc=0
+    run examples "$ROOT/examples/check.sh" build/moongate || ex_rc=$?
+    ex_line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$LOGDIR/examples.log" | tail -n1 || true)
+    ex_pending=$(grep -cE '^pending - ' "$LOGDIR/examples.log" || true)
+    ex_note=""
+    ((ex_pending > 0)) && ex_note="$ex_pending pending"
+    if [[ -z "$ex_line" ]]; then
+      record examples 0 1 "examples/check.sh crashed (exit $ex_rc)"
+    else
+      ex_failed=$(awk '{print $3}' <<<"$ex_line")
+      if ((ex_rc != 0 && ex_failed == 0)); then ex_failed=1; ex_note="${ex_note:+$ex_note; }exit $ex_rc"; fi
+      record examples "$(awk '{print $1}' <<<"$ex_line")" "$ex_failed" "$ex_note"
+    fi
+  else
+    not_run examples "no build/moongate"
+  fi
+else
+  skipped examples
 fi
 
 # --- sanitizers -------------------------------------------------------------

@@ -56,7 +56,13 @@ do
         ok, l = pcall(ffi.load, "pcre2-8")
     end
     if ok then
-        lib = l
+        -- The library must outlive every compiled pattern: ffi.gc finalizers call into it, and a
+        -- reloaded module (busted between spec files) would otherwise let the old library be
+        -- unloaded while patterns it compiled still wait for their finalizer. The registry is
+        -- never collected.
+        local reg = debug.getregistry()
+        reg["moongate.regex.pcre2"] = reg["moongate.regex.pcre2"] or l
+        lib = reg["moongate.regex.pcre2"]
     else
         load_err = tostring(l)
     end

@@ -663,6 +663,7 @@ local function pipeline(ctx)
           -- where the value sits (1-based positions of its two quotes): the
           -- provider's model replacement splices there without a second scan
           req.model_at, req.model_end = off, stop + 1
+          req.model_body = body   -- the text those positions are in (a plugin may replace the body)
           if json_info.model_escaped ~= 0 then model = gw.json.decode('"' .. model .. '"') end
           req.model = model
         end

@@ -161,9 +161,19 @@ describe("provider", function()
       local body = '{ "model" : "client-model" , "n":12345678901234567890}'
       local at = body:find('"client-model"', 1, true)
       local ctx = make_ctx({ body = body, request = { model = "client-model", model_at = at,
-                                                      model_end = at + #'"client-model"' - 1 } })
+                                                      model_end = at + #'"client-model"' - 1,
+                                                      model_body = body } })
       run(ctx)
       assert.equal('{ "model" : "m" , "n":12345678901234567890}', ctx.upstream.body)
+    end)
+
+    it("scans again when an on_request plugin replaced ctx.request.body", function()
+      local scanned = '{"model":"client-model","messages":[]}'
+      local edited = '{"messages":[{"role":"system","content":"be brief"}],"model":"client-model"}'
+      local ctx = make_ctx({ body = edited, request = { model = "client-model", model_at = 10, model_end = 23,
+                                                        model_body = scanned } })
+      run(ctx)
+      assert.equal('{"messages":[{"role":"system","content":"be brief"}],"model":"m"}', ctx.upstream.body)
     end)
 
     it("falls back to a scan when a plugin changed the body", function()
