@@ -109,7 +109,15 @@ function _M.on_upstream_request(ctx, conf)
       if h.key == key then have = true break end
     end
     if not have then
-      local ok = shared.reserve(key, st.est, b.budget.usd, max(1, finish - now + 3600))
+      local ok, rem = shared.reserve(key, st.est, b.budget.usd, max(1, finish - now + 3600))
+      -- cluster.redis with fail_open = false and Redis unreachable (docs/cluster.md): the budget
+      -- cannot be checked, so the request is refused
+      if ok == nil and rem == "cluster unavailable" then
+        for _, h in ipairs(st.held) do shared.settle(h.key, h.n, 0) end
+        st.held = {}
+        return errors.respond(ctx, 503, "Budgets cannot be checked: the cluster store (Redis) " ..
+          "is unreachable. Please try again shortly.", "cluster_unavailable", { ["retry-after"] = "1" })
+      end
       if not ok then
         for _, h in ipairs(st.held) do shared.settle(h.key, h.n, 0) end
         st.held = {}

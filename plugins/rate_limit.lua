@@ -185,6 +185,13 @@ function _M.on_request(ctx, conf)
         n = tokens_of(rule, p, c)
       end
       local ok, st = l:admit(key_base(scope, rule, tostring(subj)), n, rule.limit, rule.window, rule.burst)
+      -- cluster.redis with fail_open = false and Redis unreachable (docs/cluster.md): the limit
+      -- cannot be checked, so the request is refused (the outage itself is logged once, in C)
+      if st.error == "cluster unavailable" then
+        for _, h in ipairs(held) do l:settle(h.key, h.n, 0) end
+        return errors.respond(ctx, 503, "Rate limits cannot be checked: the cluster store (Redis) " ..
+          "is unreachable. Please try again shortly.", "cluster_unavailable", { ["retry-after"] = "1" })
+      end
       if st.error then gw.log("error", "rate_limit: " .. tostring(st.error)) end
       if not ok then
         for _, h in ipairs(held) do l:settle(h.key, h.n, 0) end

@@ -218,4 +218,52 @@ MG_EXPORT void mg_metric_set(int id, const char *labels, size_t llen, double v);
 MG_EXPORT void mg_metric_observe(int id, const char *labels, size_t llen, double v);
 MG_EXPORT const char *mg_metrics_text(size_t *len);   /* Prometheus text format */
 
+/* -- Redis (redis.c): gw.shared across instances, cluster.redis ---------- */
+/* Operations, as gw.shared has them; results as mg_shared_* gives them. */
+enum { MG_REDIS_GET = 1, MG_REDIS_SET = 2, MG_REDIS_DELETE = 3, MG_REDIS_INCR = 4,
+       MG_REDIS_RESERVE = 5, MG_REDIS_SETTLE = 6 };
+/* How an operation ended: answered; Redis unreachable (refused while the
+ * connection is down, or lost with it); no answer within the timeout (the
+ * connection is dropped too); Redis answered with an error (in the result's
+ * string). */
+enum { MG_REDIS_OK = 0, MG_REDIS_DOWN = -1, MG_REDIS_TIMEOUT = -2, MG_REDIS_ERROR = -3 };
+typedef struct mg_redis_op mg_redis_op_t;
+/* Starts this thread's client on its loop (once per thread): connects to
+ * host:port and keeps reconnecting (100 ms doubling to 2 s) when the
+ * connection is lost. user/password may be NULL (no AUTH); keys get prefix.
+ * Timeouts in seconds. 0, or -1 with err. */
+MG_EXPORT int  mg_redis_start(const char *host, int port, const char *user, const char *password,
+                              int db, const char *prefix, double timeout, double connect_timeout,
+                              int fail_open, char *err, size_t errlen);
+MG_EXPORT void mg_redis_stop(void);          /* this thread's Lua is closing */
+MG_EXPORT int  mg_redis_up(void);            /* 1 while this thread's connection is ready */
+/* One operation on key (the prefix is added here). a, b, c: get/delete none;
+ * set type (MG_SHARED_NUMBER or _STRING), number, ttl (str/slen for a string);
+ * incr n, ttl; reserve n, limit, ttl; settle reserved, actual.
+ * waiter > 0: sent on the loop, and exactly one MG_EV_WAKE (ptr = the op)
+ * goes to waiter when its answer, a timeout or the loss of the connection
+ * ends it; NULL (nothing sent, no event) while the connection is down.
+ * waiter 0: a blocking round trip on a connection of its own, bounded by the
+ * timeouts (start-up, a plugin's init), complete on return.
+ * Either way mg_redis_result() reads the op once and frees it. */
+MG_EXPORT mg_redis_op_t *mg_redis_call(int64_t waiter, int op, const char *k, size_t kl, double a,
+                                       double b, double c, const char *str, size_t slen);
+/* Returns the status (MG_REDIS_*); rc: reserve 1 admitted / 0 refused,
+ * settle 1 the key had expired, delete 1 it existed, incr/reserve/settle -1
+ * the key holds a string; type MG_SHARED_*; num; str (a string value or
+ * Redis's error), valid until this thread's next mg_redis_result. Frees op. */
+MG_EXPORT int  mg_redis_result(mg_redis_op_t *op, int *rc, int *type, double *num,
+                               const char **str, size_t *slen);
+/* Fire-and-forget: the operation is sent, its answer dropped. -1 when down. */
+MG_EXPORT int  mg_redis_send(int op, const char *k, size_t kl, double a, double b, double c,
+                             const char *str, size_t slen);
+/* Fire-and-forget: key's value and TTL in Redis go into the local store
+ * (mg_shared_set, or mg_shared_delete when Redis has none) when the answer
+ * comes. -1 (nothing sent) unless the connection is ready. */
+MG_EXPORT int  mg_redis_fetch(const char *k, size_t kl);
+/* Fire-and-forget: XADD <prefix>stream MAXLEN ~ maxlen * argv[0] argv[1] ...
+ * (n strings: field, value, ...). -1 when down. */
+MG_EXPORT int  mg_redis_xadd(const char *stream, size_t sl, double maxlen, const char *const *argv,
+                             const size_t *lens, int n);
+
 #endif

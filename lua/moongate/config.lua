@@ -415,6 +415,39 @@ local CONSUMER = {
 }
 _M.consumer_schema = CONSUMER   -- POST /admin/consumers takes the same fields (moongate.consumers)
 
+-- cluster (docs/cluster.md): restart-only, like the rest of the section
+local function redis_url(v)
+    local ok, err = require("moongate.redis").parse_url(v)
+    if ok then return true end
+    return nil, err
+end
+
+local function positive_duration(v)
+    if v > 0 then return true end
+    return nil, "must be more than 0 seconds"
+end
+
+local CLUSTER = {
+    type = "object", default = {},
+    properties = {
+        redis = { type = "string", check = redis_url,
+                  description = "redis://[[user]:password@]host[:port][/db]; nil: cluster mode off" },
+        fail_open = { type = "boolean", default = true,
+                      description = "Redis unreachable: use this instance's store (true) or refuse (false)" },
+        -- the defaults of these are moongate.redis's (so that cluster stays { fail_open = true }
+        -- in a config without it)
+        timeout = { type = "duration", check = positive_duration,
+                    description = "longest wait for one Redis answer (default 250ms)" },
+        connect_timeout = { type = "duration", check = positive_duration,
+                            description = "longest wait for a connection to Redis (default 1s)" },
+        prefix = { type = "string", description = 'prepended to every Redis key (default "moongate:")' },
+        refresh = { type = "duration", check = positive_duration,
+                    description = "how often a mirrored key (evictions) is read again from Redis (default 250ms)" },
+        stream_maxlen = { type = "integer", minimum = 1,
+                          description = "entries kept in each Redis stream, XADD MAXLEN ~ (default 1000000)" },
+    },
+}
+
 local TOP = {
     type = "object",
     properties = {
@@ -438,8 +471,7 @@ local TOP = {
         model_budgets = { type = "object", default = {}, additionalProperties = BUDGET },
         consumers = { type = "array", default = {}, items = CONSUMER },
         plugins = PLUGIN_LIST,
-        cluster = { type = "object", default = {},
-                    properties = { redis = STRING, fail_open = { type = "boolean", default = true } } },
+        cluster = CLUSTER,
         -- gw.shared's bound (moongate's own option; restart-only)
         shared = { type = "object", default = {},
                    properties = { max_keys = { type = "integer", minimum = 16, default = 200000 } } },

@@ -286,8 +286,15 @@ local function shared()
   return require("gw").shared
 end
 
+-- A run-time consumer in gw.shared: by its key's digest (lookup), and its name to that digest
+-- (find, for the admin API of an instance that did not create it: with cluster.redis the data_dir
+-- is this instance's, gw.shared every instance's). Names live under consumer:name:, which no hex
+-- digest can be.
+local NAME_PREFIX = SHARED_PREFIX .. "name:"
+
 local function publish(r)
   shared().set(SHARED_PREFIX .. r.key_sha256, json().encode(r))
+  shared().set(NAME_PREFIX .. r.name, r.key_sha256)
 end
 
 -- ensure_loaded(data_dir) -> true | nil, err: the file's consumers are in gw.shared (once per
@@ -416,6 +423,14 @@ function _M.find(cfg, name)
   for _, r in ipairs(records) do
     if r.name == name then return make_consumer(r), "admin" end
   end
+  -- created by another instance sharing this one's Redis
+  local s = shared()
+  local hex = s and s.get(NAME_PREFIX .. name)
+  local text = type(hex) == "string" and s.get(SHARED_PREFIX .. hex)
+  if type(text) == "string" then
+    local r = json().decode(text)
+    if type(r) == "table" and r.name == name then return make_consumer(r), "admin" end
+  end
   return nil
 end
 
@@ -511,6 +526,7 @@ function _M.delete(cfg, name)
   local wok, werr = write_records(cfg.data_dir, keep)
   if not wok then return err(500, werr) end
   shared().delete(SHARED_PREFIX .. gone.key_sha256)
+  shared().delete(NAME_PREFIX .. gone.name)
   return 200, { name = name, deleted = true }
 end
 

@@ -123,6 +123,25 @@ void mg_metric_observe(int id, const char *labels, size_t llen, double v);
 const char *mg_metrics_text(size_t *len);
 ]]
 
+-- Redis (runtime/redis.c): gw.shared across instances (cluster.redis)
+ffi.cdef[[
+typedef struct mg_redis_op mg_redis_op_t;
+int  mg_redis_start(const char *host, int port, const char *user, const char *password, int db,
+                    const char *prefix, double timeout, double connect_timeout, int fail_open,
+                    char *err, size_t errlen);
+void mg_redis_stop(void);
+int  mg_redis_up(void);
+mg_redis_op_t *mg_redis_call(int64_t waiter, int op, const char *k, size_t kl, double a, double b,
+                             double c, const char *str, size_t slen);
+int  mg_redis_result(mg_redis_op_t *op, int *rc, int *type, double *num, const char **str,
+                     size_t *slen);
+int  mg_redis_send(int op, const char *k, size_t kl, double a, double b, double c,
+                   const char *str, size_t slen);
+int  mg_redis_fetch(const char *k, size_t kl);
+int  mg_redis_xadd(const char *stream, size_t sl, double maxlen, const char *const *argv,
+                   const size_t *lens, int n);
+]]
+
 local ok = pcall(function() return ffi.C.mg_now end)
 _M.available = ok
 _M.C = ok and ffi.C or nil

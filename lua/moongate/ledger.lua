@@ -211,6 +211,10 @@ function _M.record(ctx, status, now, latency)
   local conf = cfg and cfg.ledger
   if conf ~= state.conf then configure(conf) end
   local line, team, cname, model, provider, p, c, cu = _M.encode(ctx, status, now, latency)
+  -- with cluster.redis the record also goes to a Redis stream, so cost can be read across
+  -- instances (fire and forget: the local ledger stays this instance's record)
+  local redis = package.loaded["moongate.redis"]
+  if redis and redis.enabled() then redis.xadd("ledger", { "record", line }) end
   return C.mg_ledger_append(line, #line, now, team, len(team), cname, len(cname), model, len(model),
     provider, len(provider), p, c, cu) == 0
 end

@@ -968,9 +968,6 @@ local function unsupported(cfg)
       errs[#errs + 1] = format("listen[%d].tls: TLS listeners are not available in this build yet", i)
     end
   end
-  if cfg.cluster and cfg.cluster.redis then
-    errs[#errs + 1] = "cluster.redis: Redis-backed limits and budgets are not available in this build yet"
-  end
   table.sort(errs)
   return errs
 end
@@ -1065,6 +1062,14 @@ local function init_run(opts)
   end
   metrics.init()
   C.mg_shared_init(cfg.shared.max_keys)
+  -- cluster.redis: this thread's Redis client, before anything uses gw.shared (docs/cluster.md)
+  if cfg.cluster.redis then
+    local rok, rerr = require("moongate.redis").start(cfg.cluster)
+    if not rok then
+      io.stderr:write("cluster.redis: ", tostring(rerr), "\n")
+      return 1
+    end
+  end
   -- the cost ledger: a data_dir it cannot write stops the start; its aggregates come from the
   -- last snapshot and the records after it, before any worker appends (moongate.ledger)
   local lok, lerr = ledger.start(cfg)
@@ -1072,6 +1077,8 @@ local function init_run(opts)
     io.stderr:write(lerr, "\n")
     return 1
   end
+  -- consumers created at run time (data_dir), in gw.shared before any worker serves
+  require("moongate.consumers").ensure_loaded(cfg.data_dir)
   -- budgets' spend in their current periods, from the ledger's totals (SPEC §8)
   for _, e in ipairs(cfg.plugins) do
     if e.name == "budget" and e.plugin and e.plugin.rebuild then
@@ -1079,8 +1086,6 @@ local function init_run(opts)
       if n > 0 then gw.log("info", "budget: " .. n .. " budget counter(s) rebuilt from the ledger") end
     end
   end
-  -- consumers created at run time (data_dir), in gw.shared before any worker serves
-  require("moongate.consumers").ensure_loaded(cfg.data_dir)
   state.cfg = cfg
   C.mg_config_set(src, #src)
   if cfg.admin and cfg.admin.listen then
@@ -1129,6 +1134,13 @@ local function init_worker()
   apply_limits(cfg)
   state.access_log = cfg.access_log and true or false
   metrics.init()
+  if cfg.cluster.redis then
+    local rok, rerr = require("moongate.redis").start(cfg.cluster)
+    if not rok then
+      io.stderr:write("cluster.redis: ", tostring(rerr), "\n")
+      return 1
+    end
+  end
   state.cfg, state.generation = cfg, gen
   state.ready = true
   start_probers(cfg)
