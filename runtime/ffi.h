@@ -194,6 +194,18 @@ MG_EXPORT int   mg_cpus_available(void);    /* affinity and cgroup quota ("auto"
 /* n SO_REUSEPORT sockets on host:port, one per worker; returns the port. */
 MG_EXPORT int   mg_listen_prepare(const char *host, int port, int n, int app, char *err,
                                   size_t errlen);
+/* TLS listeners (tls.c, process.c). mg_tls_load builds the certificates of
+ * one listener: n pairs, entry 0 the default (names[0] unused), entries 1..
+ * chosen by SNI names[i] ("*.example.com" allowed). NULL on error, with err
+ * ("PATH: reason") and *bad = 2*i (entry i's cert) or 2*i + 1 (its key).
+ * mg_listen_tls gives listen set `set` (the order of mg_listen_prepare
+ * calls, from 0) that context, taking over the reference (also on error);
+ * called again (reload), new connections get the new one. */
+typedef struct mg_tls_ctx mg_tls_ctx_t;
+MG_EXPORT mg_tls_ctx_t *mg_tls_load(int n, const char *const *names, const char *const *certs,
+                                    const char *const *keys, int *bad, char *err, size_t errlen);
+MG_EXPORT void  mg_tls_release(mg_tls_ctx_t *ctx);
+MG_EXPORT int   mg_listen_tls(int set, mg_tls_ctx_t *ctx);
 /* Starts n workers and waits until each has loaded the config and taken its
  * sockets; 0, or -1 with err (none is left running then). */
 MG_EXPORT int   mg_workers_start(int n, char *err, size_t errlen);

@@ -31,6 +31,7 @@
 
 #include "ffi.h"
 #include "log.h"
+#include "tls.h"
 #include "worker.h"
 
 #define MAX_SETS 16
@@ -41,6 +42,7 @@ typedef struct {
     int  port;
     int *fds;          /* one per worker; -1 once adopted */
     int  n;
+    mg_tls_slot_t *tls;   /* a TLS listener's certificates (every worker's), else NULL */
 } listen_set_t;
 
 static struct {
@@ -204,6 +206,29 @@ int mg_listen_prepare(const char *host, int port, int n, int app, char *err, siz
     return s->port;
 }
 
+/* Makes listen set `set` (the order of mg_listen_prepare calls, from 0) a TLS
+ * listener on ctx, or gives it ctx in place of its current one (reload: new
+ * connections get the new certificates, open ones keep theirs). Takes over
+ * the caller's reference to ctx, also on error. Main thread only, before the
+ * workers start for a new TLS listener. */
+int mg_listen_tls(int set, mg_tls_ctx_t *ctx)
+{
+    if (set < 0 || set >= P.nsets || ctx == NULL) {
+        mg_tls_ctx_release(ctx);
+        return -1;
+    }
+    listen_set_t *s = &P.sets[set];
+    if (s->tls == NULL) {
+        if (P.n > 0) {                 /* workers adopted it as plain TCP already */
+            mg_tls_ctx_release(ctx);
+            return -1;
+        }
+        s->tls = mg_tls_slot_new();
+    }
+    mg_tls_slot_set(s->tls, ctx);
+    return 0;
+}
+
 int mg_process_adopt_listeners(mg_worker_t *w, char *err, size_t errlen)
 {
     for (int i = 0; i < P.nsets; i++) {
@@ -212,7 +237,7 @@ int mg_process_adopt_listeners(mg_worker_t *w, char *err, size_t errlen)
         if (k < 0 || k >= s->n) continue;
         int fd = s->fds[k];
         s->fds[k] = -1;
-        if (mg_worker_adopt(w, fd, s->app, s->host, err, errlen) < 0) return -1;
+        if (mg_worker_adopt(w, fd, s->app, s->host, s->tls, err, errlen) < 0) return -1;
     }
     return 0;
 }
@@ -323,6 +348,8 @@ void mg_process_join(void)
         for (int k = 0; k < P.sets[i].n; k++)
             if (P.sets[i].fds[k] >= 0) close(P.sets[i].fds[k]);
         free(P.sets[i].fds);
+        mg_tls_slot_free(P.sets[i].tls);   /* the workers and their connections are gone */
+        P.sets[i].tls = NULL;
     }
     P.nsets = 0;
     free(P.workers);

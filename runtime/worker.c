@@ -18,6 +18,7 @@
 
 #include "ffi.h"
 #include "log.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -230,7 +231,11 @@ int mg_listen_socket(const char *host, int port, int probe, char *err, size_t er
     return fd;
 }
 
-int mg_worker_adopt(mg_worker_t *w, int fd, int app, const char *host, char *err, size_t errlen)
+/* Serves the listening socket fd on w's loop (fd is closed on error). tls,
+ * when not NULL, makes it a TLS listener: the slot is the process's and
+ * outlives the listener. Returns the bound port, or -1 with err filled. */
+int mg_worker_adopt(mg_worker_t *w, int fd, int app, const char *host, mg_tls_slot_t *tls,
+                    char *err, size_t errlen)
 {
     if (w->nlisteners == (int)(sizeof w->listeners / sizeof w->listeners[0])) {
         snprintf(err, errlen, "too many listeners");
@@ -242,6 +247,7 @@ int mg_worker_adopt(mg_worker_t *w, int fd, int app, const char *host, char *err
     l->w = w;
     l->app = app;
     l->port = port;
+    l->tls = tls;
     snprintf(l->address, sizeof l->address, "%s:%d", host, port);
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
@@ -265,7 +271,7 @@ int mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char *
 {
     int fd = mg_listen_socket(host, port, 1, err, errlen);
     if (fd < 0) return -1;
-    return mg_worker_adopt(w, fd, app, host, err, errlen);
+    return mg_worker_adopt(w, fd, app, host, NULL, err, errlen);
 }
 
 void mg_worker_stop_accepting(mg_worker_t *w)

@@ -87,6 +87,7 @@ struct mg_listener {
     mg_worker_t *w;
     int          app;
     int          port;          /* the bound port (useful with port 0) */
+    struct mg_tls_slot *tls;    /* NULL for plain TCP; the process's, shared by workers */
     char         address[80];
 };
 
@@ -129,26 +130,56 @@ struct mg_worker {
     char            read_buf[65536]; /* shared: everything read is parsed at once */
 };
 
+/* The request parser (http.c): llhttp plus the limits and the framing
+ * checks llhttp does not make, and nothing else — no socket, no timer, no
+ * clock — so that the connection code and the fuzzers run the same code.
+ * mg_hp_execute() reports what happened through its result and the flags
+ * below; the caller acts on them (answers, timers, queueing the request). */
+typedef struct mg_hp {
+    llhttp_t           http;
+    const mg_limits_t *limits;
+    mg_req_t          *req;          /* the request being read; the parser's until taken */
+    size_t             head_bytes;   /* its request target, header section and trailers */
+    size_t             ext_bytes;    /* chunk extension bytes of the current chunk */
+    const char        *exec_start, *exec_end;  /* the buffer llhttp is parsing */
+    unsigned           exec_seq, val_seq;      /* which execute call; see on_header_value */
+    unsigned           val_at_end : 1;         /* the last value piece ended its buffer */
+    unsigned           last_was_value : 1;
+    unsigned           tail_lf : 1;   /* the last read ended in whitespace with a line break */
+    unsigned           version_at_end : 1;  /* the last read ended just after the HTTP version */
+    unsigned           in_body : 1;            /* past the header section */
+    unsigned           refuse : 1;   /* set by the caller: a new request gets 503 */
+    /* what the last execute did */
+    unsigned           began : 1;          /* a request's first byte arrived */
+    unsigned           headers_done : 1;   /* its header section is complete */
+    unsigned           body_progress : 1;  /* body bytes arrived */
+    unsigned           want_continue : 1;  /* it asked for 100 Continue */
+    int                status;             /* MG_HP_ERROR: the status to answer */
+    char               message[200];       /* and its message (fixed ASCII, no quotes) */
+} mg_hp_t;
+
+enum { MG_HP_MORE = 0, MG_HP_REQUEST = 1, MG_HP_ERROR = 2 };
+
 struct mg_conn {
     uv_tcp_t       tcp;              /* first: the handle's address is the conn's */
     mg_worker_t   *w;
     mg_conn_t     *prev, *next;
     int            app;
-    llhttp_t       parser;
+    mg_hp_t        hp;
     uv_timer_t     timer;
 
-    mg_req_t      *req;              /* the request being read or served */
+    mg_req_t      *req;              /* the request being served (handed to Lua) */
     mg_buf_t       pending;          /* bytes read past a complete request (pipelining) */
+    uint64_t       body_start;       /* loop time (ms) the current body began */
+    size_t         stall_mark;       /* unsent bytes when the write-stall timer was armed */
+    struct mg_tls *tls;              /* the TLS session on a TLS listener, else NULL */
 
-    size_t         head_bytes;       /* size of the current header section */
-    int            last_was_value;   /* llhttp header field/value state */
-    const char    *exec_start, *exec_end;  /* the buffer llhttp is parsing */
-    unsigned       exec_seq, val_seq;      /* which llhttp_execute call; see on_header_value */
-    int            val_at_end;             /* last value piece ended its buffer */
     unsigned       reading : 1;
     unsigned       paused : 1;       /* parser paused on a complete request */
     unsigned       closing : 1;
     unsigned       close_after : 1;  /* close once the response is written */
+    unsigned       tls_seen : 1;     /* the first bytes of a TLS connection were looked at */
+    unsigned       tls_failed : 1;   /* no close_notify: the session is broken */
     int            closes_pending;   /* handle close callbacks still to come */
     char           remote[64];
 };
@@ -198,7 +229,8 @@ int  mg_worker_listen(mg_worker_t *w, const char *host, int port, int app, char 
 /* A bound, listening SO_REUSEPORT socket (probe: refuse a port another
  * process holds); mg_worker_adopt serves it on w's loop. */
 int  mg_listen_socket(const char *host, int port, int probe, char *err, size_t errlen);
-int  mg_worker_adopt(mg_worker_t *w, int fd, int app, const char *host, char *err, size_t errlen);
+int  mg_worker_adopt(mg_worker_t *w, int fd, int app, const char *host, struct mg_tls_slot *tls,
+                     char *err, size_t errlen);
 void mg_worker_stop_accepting(mg_worker_t *w);
 void mg_worker_maybe_exit(mg_worker_t *w);
 int  mg_worker_run(mg_worker_t *w);
@@ -224,6 +256,17 @@ void mg_conn_close_all(mg_worker_t *w);
 void mg_req_retain(mg_req_t *r);
 void mg_req_unref(mg_req_t *r);
 int  mg_conn_write_queue_small(mg_conn_t *c);
+/* The request parser (mg_hp_t above). init: limits must outlive p. execute:
+ * MG_HP_MORE (all of data used; feed more), MG_HP_REQUEST (a request is
+ * complete after *used bytes: mg_hp_take it; the rest of data waits until
+ * mg_hp_resume), MG_HP_ERROR (p->status and p->message say what to answer;
+ * the parser is done). take: the complete request, with one reference for
+ * the caller. free: drops a request still being read. */
+void      mg_hp_init(mg_hp_t *p, const mg_limits_t *limits);
+int       mg_hp_execute(mg_hp_t *p, const char *data, size_t len, size_t *used);
+mg_req_t *mg_hp_take(mg_hp_t *p);
+void      mg_hp_resume(mg_hp_t *p);
+void      mg_hp_free(mg_hp_t *p);
 
 /* lbridge.c */
 int  mg_lua_init(mg_worker_t *w, const char *home, const char *config_path, const char *mode,

@@ -11,6 +11,8 @@
 #   build-asan      cmake build-asan/ with -DMOONGATE_SANITIZE=ON
 #   integration-asan  the integration specs again against build-asan/moongate
 #   integration-valgrind  the integration specs again under valgrind memcheck
+#   fuzz            the libFuzzer targets of spec/fuzz, built with clang into build-fuzz/,
+#                   each run MOONGATE_FUZZ_SECONDS (10) over its seeds: one test each
 #
 # Every stage's output is shown with a [stage] prefix. The last line is
 # exactly "N passed, N failed" (summed over the stages); the exit status is
@@ -253,6 +255,44 @@ if selected integration-valgrind; then
   fi
 else
   skipped integration-valgrind
+fi
+
+# --- fuzz -------------------------------------------------------------------
+# Each target runs over a scratch copy of its corpus (the seeds in spec/fuzz/<name>/
+# are only read) and passes when libFuzzer ends without a crash, leak, timeout or
+# sanitizer report. Crashing inputs are kept in build-fuzz/artifacts/.
+if selected fuzz; then
+  if ! command -v clang > /dev/null; then
+    not_run fuzz "no clang (scripts/deps.sh --test installs it)"
+  elif run fuzz bash -c "cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOONGATE_FUZZ=ON -DMOONGATE_TESTS=OFF && cmake --build build-fuzz -j$JOBS --target fuzz"; then
+    fz_secs=${MOONGATE_FUZZ_SECONDS:-10}
+    fz_pass=0 fz_fail=0 fz_note=""
+    mkdir -p build-fuzz/artifacts
+    for fz_src in spec/fuzz/fuzz_*.c; do
+      fz_name=$(basename "$fz_src" .c)
+      fz_seeds="spec/fuzz/${fz_name#fuzz_}"
+      fz_dir="$LOGDIR/corpus-$fz_name"
+      mkdir -p "$fz_dir"
+      fz_rc=0
+      "build-fuzz/$fz_name" -max_total_time="$fz_secs" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="build-fuzz/artifacts/$fz_name-" "$fz_dir" "$fz_seeds" \
+        > "$LOGDIR/$fz_name.log" 2>&1 || fz_rc=$?
+      if ((fz_rc == 0)); then
+        fz_pass=$((fz_pass + 1))
+        say "[fuzz] ok $fz_name: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$LOGDIR/$fz_name.log" | tail -n1)"
+      else
+        fz_fail=$((fz_fail + 1))
+        fz_note="${fz_note:+$fz_note; }$fz_name exit $fz_rc"
+        say "[fuzz] not ok $fz_name (exit $fz_rc):"
+        tail -n 40 "$LOGDIR/$fz_name.log" | sed "s/^/[fuzz]   /"
+      fi
+    done
+    record fuzz "$fz_pass" "$fz_fail" "$fz_note"
+  else
+    record fuzz 0 1 "build-fuzz failed"
+  fi
+else
+  skipped fuzz
 fi
 
 # --- summary ----------------------------------------------------------------

@@ -105,6 +105,11 @@ int  mg_access_log(const char *target);
 
 int   mg_cpus_available(void);
 int   mg_listen_prepare(const char *host, int port, int n, int app, char *err, size_t errlen);
+typedef struct mg_tls_ctx mg_tls_ctx_t;
+mg_tls_ctx_t *mg_tls_load(int n, const char *const *names, const char *const *certs,
+                          const char *const *keys, int *bad, char *err, size_t errlen);
+void  mg_tls_release(mg_tls_ctx_t *ctx);
+int   mg_listen_tls(int set, mg_tls_ctx_t *ctx);
 int   mg_workers_start(int n, char *err, size_t errlen);
 int   mg_worker_index(void);
 int   mg_worker_count(void);

@@ -19,6 +19,7 @@ local metrics = require("moongate.metrics")
 local plugins = require("moongate.plugins")
 local sse = require("moongate.sse")
 local upstream = require("moongate.upstream")
+local tls = require("moongate.tls")
 
 local C = mgffi.C
 local co_create, co_resume, co_status, co_running = coroutine.create, coroutine.resume,
@@ -963,11 +964,6 @@ end
 -- (by check and at start alike) rather than failing on the first request.
 local function unsupported(cfg)
   local errs = {}
-  for i, l in ipairs(cfg.listen) do
-    if l.tls then
-      errs[#errs + 1] = format("listen[%d].tls: TLS listeners are not available in this build yet", i)
-    end
-  end
   table.sort(errs)
   return errs
 end
@@ -1098,13 +1094,24 @@ local function init_run(opts)
   end
   local n = worker_count(cfg)
   local err = mgffi.errbuf
+  -- TLS certificates: a file that cannot be used refuses the start, naming it
+  local certs, cerrs = tls.load(cfg.listen)
+  if not certs then
+    for _, e in ipairs(cerrs) do io.stderr:write(e, "\n") end
+    return 1
+  end
   for i, addr in ipairs(cfg.listen) do
     local port = C.mg_listen_prepare(addr.host, addr.port, n, APP_GATEWAY, err, 256)
     if port < 0 then
       io.stderr:write("listen[", i, "]: ", ffi_string(err), "\n")
       return 1
     end
-    gw.log("info", "listening on " .. addr.host .. ":" .. port)
+    gw.log("info", "listening on " .. addr.host .. ":" .. port .. (addr.tls and " (TLS)" or ""))
+  end
+  local tok, terr = tls.attach(certs)
+  if not tok then
+    io.stderr:write(terr, "\n")
+    return 1
   end
   if C.mg_workers_start(n, err, 256) ~= 0 then
     io.stderr:write(ffi_string(err), "\n")
@@ -1181,6 +1188,9 @@ local function reload(why)
   if not cfg then return nil, 400, errs end
   local old = state.cfg
   local kept = keep_restart_only(old, cfg)
+  -- the running listeners' certificate files, read again: a bad one refuses the reload
+  local certs, cerrs = tls.load(cfg.listen)
+  if not certs then return nil, 400, cerrs end
   if cfg.access_log ~= old.access_log then
     -- before any worker writes to it
     local rc = C.mg_access_log(cfg.access_log or nil)
@@ -1193,6 +1203,7 @@ local function reload(why)
   repeat local kind = coroutine.yield() until kind == EV_WAKE
   gw._waiter_done(co, id)
   state.reloading = false
+  tls.attach(certs)   -- new connections get the new certificates
   apply_limits(cfg)
   state.cfg = cfg
   state.generation = state.generation + 1

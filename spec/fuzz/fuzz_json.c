@@ -1,0 +1,28 @@
+/* fuzz_json.c — the JSON scanner every POST body goes through
+ * (mg_json_scan, runtime/json.c): never reads outside the body, and what it
+ * reports lies inside it. */
+#include <stdint.h>
+#include <string.h>
+
+#include "ffi.h"
+
+#define REQUIRE(c) do { if (!(c)) __builtin_trap(); } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    mg_json_info_t info;
+    memset(&info, 0xa5, sizeof info);
+    int rc = mg_json_scan((const char *)data, size, &info);
+    REQUIRE(rc == 0 || rc == -1);
+    if (rc == 0) {
+        REQUIRE(size >= 2);
+        if (info.model_off >= 0) {
+            REQUIRE(info.model_len >= 0);
+            REQUIRE((size_t)(info.model_off + info.model_len) < size);   /* the closing quote follows */
+            REQUIRE(info.model_off >= 1 && data[info.model_off - 1] == '"');
+            REQUIRE(data[info.model_off + info.model_len] == '"');
+        }
+        REQUIRE(info.stream == 0 || info.stream == 1);
+    }
+    return 0;
+}
