@@ -1297,6 +1297,8 @@ function _M.init(opts)
     local ok, p = pcall(require, "jit.p")
     if ok then
       local mode, file = prof:match("^([^,]*),(.+)$")
+      -- one file per Lua state: every worker has its own (FILE.w1, FILE.w2, ...; FILE for main)
+      if file and opts.mode == "worker" then file = file .. ".w" .. C.mg_worker_index() end
       p.start(mode or prof, file)
       _M.stop_profile = p.stop
     end
