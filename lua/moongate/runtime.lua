@@ -1035,6 +1035,14 @@ local function worker_count(cfg)
   return cfg.workers
 end
 
+-- cluster.redis: this thread's Redis client (docs/cluster.md). false when it cannot start.
+local function start_redis(cfg)
+  if not cfg.cluster.redis then return true end
+  local ok, err = require("moongate.redis").start(cfg.cluster)
+  if not ok then io.stderr:write("cluster.redis: ", tostring(err), "\n") end
+  return ok
+end
+
 -- The main thread: load and check the config, open the admin listener and
 -- one socket per worker on each listen address, start the workers.
 local function init_run(opts)
@@ -1059,13 +1067,7 @@ local function init_run(opts)
   metrics.init()
   C.mg_shared_init(cfg.shared.max_keys)
   -- cluster.redis: this thread's Redis client, before anything uses gw.shared (docs/cluster.md)
-  if cfg.cluster.redis then
-    local rok, rerr = require("moongate.redis").start(cfg.cluster)
-    if not rok then
-      io.stderr:write("cluster.redis: ", tostring(rerr), "\n")
-      return 1
-    end
-  end
+  if not start_redis(cfg) then return 1 end
   -- the cost ledger: a data_dir it cannot write stops the start; its aggregates come from the
   -- last snapshot and the records after it, before any worker appends (moongate.ledger)
   local lok, lerr = ledger.start(cfg)
@@ -1141,13 +1143,7 @@ local function init_worker()
   apply_limits(cfg)
   state.access_log = cfg.access_log and true or false
   metrics.init()
-  if cfg.cluster.redis then
-    local rok, rerr = require("moongate.redis").start(cfg.cluster)
-    if not rok then
-      io.stderr:write("cluster.redis: ", tostring(rerr), "\n")
-      return 1
-    end
-  end
+  if not start_redis(cfg) then return 1 end
   state.cfg, state.generation = cfg, gen
   state.ready = true
   start_probers(cfg)

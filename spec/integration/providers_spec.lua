@@ -7,7 +7,6 @@
 
 local helpers = require "spec.support.helpers"
 local cjson   = require "cjson.safe"
-local socket  = require "socket"
 
 local CONFIG = [[
 listen = { "127.0.0.1:${PORT}" }
@@ -54,39 +53,15 @@ local CLIENT_KEY = "gw-client-secret-123"
 
 -- ====================== the fake providers ======================
 
-local Fake = {}
-Fake.__index = Fake
-
+-- spec/support/fake_providers.lua, through the harness's fake upstream helper
 local function start_fake()
-  local dir = helpers.tmpdir()
-  local log = dir .. "/fake_providers.log"
-  local proc = helpers.spawn({ os.getenv("LUAJIT") or "luajit", helpers.root .. "/spec/support/fake_providers.lua", "0" },
-    { log = log })
-  local port
-  local deadline = socket.gettime() + 10
-  while not port do
-    port = tonumber((helpers.read_file(log) or ""):match("^listening (%d+)\n"))
-    if not port then
-      assert(proc:alive(), "fake providers exited: " .. tostring(helpers.read_file(log)))
-      assert(socket.gettime() < deadline, "fake providers did not start")
-      socket.sleep(0.02)
-    end
+  local up = helpers.start_fake_upstream({ script = "spec/support/fake_providers.lua" })
+  up.only = function(self)
+    local reqs = self:requests()
+    assert.equal(1, #reqs, "requests upstream: " .. #reqs)
+    return reqs[1], cjson.decode(reqs[1].body or "")
   end
-  return setmetatable({ port = port, url = "http://127.0.0.1:" .. port, proc = proc }, Fake)
-end
-
-function Fake:requests()
-  return helpers.json(helpers.http(self.port, { path = "/_fake/requests" }))
-end
-
-function Fake:reset()
-  helpers.http(self.port, { method = "POST", path = "/_fake/reset" })
-end
-
-function Fake:only()
-  local reqs = self:requests()
-  assert.equal(1, #reqs, "requests upstream: " .. #reqs)
-  return reqs[1], cjson.decode(reqs[1].body or "")
+  return up
 end
 
 -- ====================== client side ======================

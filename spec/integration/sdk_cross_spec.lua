@@ -4,7 +4,6 @@
 
 local helpers = require "spec.support.helpers"
 local cjson = require "cjson.safe"
-local socket = require "socket"
 
 local CONFIG = [[
 listen = { "127.0.0.1:${PORT}" }
@@ -39,30 +38,13 @@ routes = {
 }
 ]]
 
-local function start_fake()
-  local log = helpers.tmpdir() .. "/fake_providers.log"
-  local proc = helpers.spawn({ os.getenv("LUAJIT") or "luajit", helpers.root .. "/spec/support/fake_providers.lua", "0" },
-    { log = log })
-  local port
-  local deadline = socket.gettime() + 10
-  while not port do
-    port = tonumber((helpers.read_file(log) or ""):match("^listening (%d+)\n"))
-    if not port then
-      assert(proc:alive(), "fake providers exited: " .. tostring(helpers.read_file(log)))
-      assert(socket.gettime() < deadline, "fake providers did not start")
-      socket.sleep(0.02)
-    end
-  end
-  return { port = port, url = "http://127.0.0.1:" .. port }
-end
-
 describe("official SDKs across formats", function()
   local gw, out, fake
 
   lazy_setup(function()
     local sdk = helpers.root .. "/spec/sdk"
     assert(io.open(sdk .. "/node_modules/openai/package.json"), "the SDKs are not installed: scripts/deps.sh --test")
-    fake = start_fake()
+    fake = helpers.start_fake_upstream({ script = "spec/support/fake_providers.lua" })
     gw = helpers.start_gateway(CONFIG, { vars = { FAKE = fake.url } })
     local code, output = helpers.run({ "node", sdk .. "/cross.mjs", tostring(gw.port) }, { timeout = 60 })
     assert(code == 0, "node spec/sdk/cross.mjs failed (exit " .. tostring(code) .. "):\n" .. tostring(output)

@@ -760,13 +760,15 @@ end
 
 function Upstream:log() return _M.read_file(self.log_path) or "" end
 
--- Starts spec/support/fake_upstream.lua on a free port (opts.port to pick one).
+-- Starts spec/support/fake_upstream.lua on a free port (opts.port to pick one;
+-- opts.script for another fake with the same "listening PORT" line and
+-- /_fake/ control paths, e.g. "spec/support/fake_providers.lua").
 -- up.port, up.url ("http://127.0.0.1:PORT"), up.base_url (url .. "/v1").
 function _M.start_fake_upstream(opts)
   opts = opts or {}
   local dir = opts.dir or _M.tmpdir()
   local log = dir .. "/fake_upstream-" .. tostring(#tmpdirs) .. "-" .. math.random(1e9) .. ".log"
-  local proc = _M.spawn({ LUAJIT, _M.root .. "/spec/support/fake_upstream.lua",
+  local proc = _M.spawn({ LUAJIT, _M.root .. "/" .. (opts.script or "spec/support/fake_upstream.lua"),
                           tostring(opts.port or 0) }, { log = log })
   local port
   local deadline = gettime() + 10
