@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Streams: moongate's memory with 1,000 open streams, and how long a streamed
+# event takes to get through it (bench/stream_latency.lua). Not part of CI.
+#   bench/streams.sh            (build/moongate; MOONGATE_BIN=... for another)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MOONGATE=${MOONGATE_BIN:-$ROOT/build/moongate}
+N=${BENCH_STREAMS:-1000}
+TMP=$(mktemp -d /tmp/moongate-streams.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+ulimit -n $(( N * 4 + 1024 ))
+port() { luajit -e 'local s=require("socket").bind("127.0.0.1",0); local _, p = s:getsockname(); print(p); s:close()'; }
+UP=$(port); GW=$(port); ADMIN=$(port); LP=$(port); LG=$(port)
+rss() { awk '/^VmRSS/ {printf "%.1f MB", $2/1024}' /proc/"$1"/status; }
+
+# 1. N streams held open by the fake provider (x-fake-hold), through one worker
+luajit "$ROOT/spec/support/fake_upstream.lua" "$UP" > "$TMP/up.log" 2>&1 & PIDS+=($!)
+cat > "$TMP/gw.lua" <<CFG
+listen = { "127.0.0.1:$GW" }
+admin = { listen = "127.0.0.1:$ADMIN" }
+workers = 1
+access_log = false
+data_dir = "$TMP/data"
+limits = { idle_timeout = "300s" }
+providers = { p = { type = "openai", base_url = "http://127.0.0.1:$UP/v1", api_key = "k" },
+              q = { type = "openai", base_url = "http://127.0.0.1:$LP/v1", api_key = "k" } }
+backends = { held = { provider = "p" }, latency = { provider = "q" } }
+routes = { { match = { path_prefix = "/v1", headers = { ["x-bench"] = "latency" } }, backend = "latency" },
+           { match = { path_prefix = "/v1" }, backend = "held" } }
+CFG
+"$MOONGATE" -c "$TMP/gw.lua" > "$TMP/gw.log" 2>&1 & MG=$!; PIDS+=($MG)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/ready" > /dev/null && break; sleep 0.1; done
+kill -0 $MG 2>/dev/null || { cat "$TMP/gw.log"; exit 1; }
+echo "idle: $(rss $MG)"
+cat > "$TMP/hold.lua" <<'LUA'
+local socket = require("socket")
+local port, n = tonumber(arg[1]), tonumber(arg[2])
+local body = '{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+local conns = {}
+for i = 1, n do
+  local c = assert(socket.connect("127.0.0.1", port))
+  c:send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-fake-hold: h\r\nContent-Type: application/json\r\n"
+    .. "Content-Length: " .. #body .. "\r\n\r\n" .. body)
+  conns[i] = c
+end
+local ok = 0
+for i = 1, n do conns[i]:settimeout(30); local l = conns[i]:receive("*l"); if l and l:find(" 200 ") then ok = ok + 1 end end
+io.write(ok, " streams open\n"); io.flush()
+socket.sleep(600)
+LUA
+luajit "$TMP/hold.lua" "$GW" "$N" & HOLD=$!; PIDS+=($HOLD)
+for _ in $(seq 600); do
+  open=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^moongate_inflight / {print $2}')
+  [[ ${open%.*} -ge $N ]] && break; sleep 0.1
+done
+echo "$N open streams: $(rss $MG)"
+kill $HOLD
+
+# 2. event latency, direct and through the gateway (same machine, one clock)
+luajit "$ROOT/bench/stream_latency.lua" "$LP" "" 500
+cat > "$TMP/through.lua" <<'LUA'
+-- the gateway route for this run needs the x-bench header: patch the client's request line
+local root, lp, gw = arg[1], arg[2], arg[3]
+local src = io.open(root .. "/bench/stream_latency.lua"):read("*a")
+src = src:gsub('Host: x\\r\\n', 'Host: x\\r\\nx-bench: latency\\r\\n')
+arg = { [0] = "stream_latency.lua", lp, gw, "500" }
+assert(loadstring(src))()
+LUA
+luajit "$TMP/through.lua" "$ROOT" "$LP" "$GW"
