@@ -295,7 +295,6 @@ local function choose(ctx, backend, tried, pol)
   local any_busy, any_evicted = false, false
   for gi, group in ipairs(backend.groups) do
     local ok, n = {}, 0
-    local busy = {}
     for _, t in ipairs(group.targets) do
       if not tried[t.name] then
         local evicted, _, f = health.state(bname, t, now, pol)
@@ -303,7 +302,6 @@ local function choose(ctx, backend, tried, pol)
           any_evicted = true
         elseif t.max_inflight and health.inflight(bname, t) >= t.max_inflight then
           any_busy = true
-          busy[t] = true
         else
           ok[t] = f
           n = n + 1
@@ -399,18 +397,22 @@ function _M.on_balance(ctx, conf)
   end
 end
 
+-- backend -> whether a group of it balances by `usage` (the only strategy that needs token counts)
+local counts_usage = setmetatable({}, { __mode = "k" })
+
 function _M.on_log(ctx, conf)
   release_hold(ctx)
   local u, t, b = ctx.usage, ctx.target, ctx.backend
-  if u and t and b then
-    local group_strategy_usage = false
+  if not (u and t and b) then return end
+  local need = counts_usage[b]
+  if need == nil then
+    need = false
     for _, g in ipairs(b.groups) do
-      if g.strategy == "usage" then group_strategy_usage = true break end
+      if g.strategy == "usage" then need = true break end
     end
-    if group_strategy_usage then
-      health.add_tokens(b.name, t, (u.prompt_tokens or 0) + (u.completion_tokens or 0))
-    end
+    counts_usage[b] = need
   end
+  if need then health.add_tokens(b.name, t, (u.prompt_tokens or 0) + (u.completion_tokens or 0)) end
 end
 
 _M._sequence = sequence

@@ -62,20 +62,26 @@ local function judge_policy(backend)
 end
 _M.judge_policy = judge_policy
 
--- The variables of an expression (SPEC §4), for this attempt.
+-- The variables of an expression (SPEC §4), for this attempt. What stays the same over a
+-- request's attempts (request, consumer) is built once per request; the rest per attempt.
 local function expr_vars(ctx, err)
   local req, t, res = ctx.request, ctx.target, ctx.response
-  local c = ctx.consumer
-  return {
-    request = { method = req.method, path = req.path, headers = req.headers, model = req.model,
-                stream = req.stream == true },
-    response = res and { code = res.status, headers = res.upstream_headers or res.headers } or nil,
-    error = err and { kind = err.kind } or nil,
-    target = { name = t.name, provider = t.provider, model = t.model ~= false and t.model or nil },
-    attempt = ctx.attempt,
-    latency_ms = ctx.timings.ttfb and floor(ctx.timings.ttfb * 1000 + 0.5) or nil,
-    consumer = c and { name = c.name, team = c.team } or nil,
-  }
+  local v = ctx.vars.health_expr
+  if not v then
+    local c = ctx.consumer
+    v = {
+      request = { method = req.method, path = req.path, headers = req.headers, model = req.model,
+                  stream = req.stream == true },
+      consumer = c and { name = c.name, team = c.team } or nil,
+    }
+    ctx.vars.health_expr = v
+  end
+  v.response = res and { code = res.status, headers = res.upstream_headers or res.headers } or nil
+  v.error = err and { kind = err.kind } or nil
+  v.target = { name = t.name, provider = t.provider, model = t.model ~= false and t.model or nil }
+  v.attempt = ctx.attempt
+  v.latency_ms = ctx.timings.ttfb and floor(ctx.timings.ttfb * 1000 + 0.5) or nil
+  return v
 end
 _M.expr_vars = expr_vars
 

@@ -224,15 +224,7 @@ local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, 
 local function http_date(v)
   local d, mon, y, hh, mm, ss = v:match("^%a+, (%d+) (%a+) (%d+) (%d+):(%d+):(%d+) GMT$")
   if not d or not MONTHS[mon] then return nil end
-  -- days from the civil date (Howard Hinnant's algorithm), UTC without os.time's local zone
-  local yy, m = tonumber(y), MONTHS[mon]
-  if m <= 2 then yy = yy - 1 end
-  local era = floor(yy / 400)
-  local yoe = yy - era * 400
-  local mp = (m + 9) % 12
-  local doy = floor((153 * mp + 2) / 5) + tonumber(d) - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  local days = era * 146097 + doe - 719468
+  local days = require("moongate.units").days_from_civil(tonumber(y), MONTHS[mon], tonumber(d))
   return days * 86400 + tonumber(hh) * 3600 + tonumber(mm) * 60 + tonumber(ss)
 end
 

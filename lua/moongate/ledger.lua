@@ -223,16 +223,7 @@ end
 
 local NAME_PAT = "^ledger%-%d%d%d%d%d%d%d%d%-%d%d%d%d%d%d%.jsonl$"
 
--- days_from_civil (H. Hinnant): days since 1970-01-01 of a proleptic Gregorian date
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = floor(y / 400)
-  local yoe = y - era * 400
-  local mp = m > 2 and m - 3 or m + 9
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
+local days_from_civil = require("moongate.units").days_from_civil
 _M.days_from_civil = days_from_civil
 
 local function name_time(name)

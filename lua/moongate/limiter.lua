@@ -154,16 +154,7 @@ end
 -- Budget periods (calendar-aligned, UTC)
 ---------------------------------------------------------------------------------------------------
 
--- days_from_civil(y, m, d) -> days since 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm)
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
+local days_from_civil = require("moongate.units").days_from_civil
 
 local function month_start(mi)   -- mi: months since year 0 (year * 12 + month - 1)
   return days_from_civil(floor(mi / 12), mi % 12 + 1, 1) * 86400

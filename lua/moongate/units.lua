@@ -121,4 +121,19 @@ function _M.address(s)
     return { host = host, port = port, address = s }
 end
 
+-- days_from_civil(y, m, d) -> days since 1970-01-01 of a proleptic Gregorian date, UTC (Howard
+-- Hinnant's algorithm: no os.time, whose local zone would leak in). The one copy: the ledger's
+-- buckets, budget periods, Retry-After dates and the codecs' ISO times all use it.
+function _M.days_from_civil(y, m, d)
+    if m <= 2 then
+        y = y - 1
+    end
+    local era = floor(y / 400)
+    local yoe = y - era * 400
+    local mp = (m + 9) % 12
+    local doy = floor((153 * mp + 2) / 5) + d - 1
+    local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
+end
+
 return _M

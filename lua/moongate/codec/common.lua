@@ -97,16 +97,7 @@ end
 
 -- ====================== dates ======================
 
--- days since 1970-01-01 of a civil date (H. Hinnant's algorithm)
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
+local days_from_civil = require("moongate.units").days_from_civil
 
 -- iso_to_unix("2024-10-22T00:00:00Z") -> seconds | nil
 function _M.iso_to_unix(s)
