@@ -246,34 +246,49 @@ local function pick_sticky(bname, gi, group, ok, n, ctx)
   return best
 end
 
+-- The strategies that score with a closure live apart from pick(), so that
+-- pick's common path (round robin) holds no closure a trace must close.
+local function pick_least_busy(bname, gi, group, ok, n)
+  return pick_lowest(bname, gi, group, ok, n, function(t, f)
+    return (health.inflight(bname, t) + 1) / ((t.weight or 1) * f + 1e-9)
+  end)
+end
+
+local function pick_latency(bname, gi, group, ok, n)
+  local unmeasured = {}
+  local m = 0
+  for t in pairs(ok) do
+    if not health.latency(bname, t) then unmeasured[t] = 1; m = m + 1 end
+  end
+  if m > 0 then return pick_rr(bname, gi, group, unmeasured, m) end
+  if random() < 0.05 then return pick_random(ok) end
+  return pick_lowest(bname, gi, group, ok, n, function(t) return health.latency(bname, t) end)
+end
+
+local function pick_cost(ctx, bname, gi, group, ok, n)
+  return pick_lowest(bname, gi, group, ok, n, function(t) return price_of(t, ctx) end)
+end
+
+local function pick_usage(bname, gi, group, ok, n)
+  return pick_lowest(bname, gi, group, ok, n, function(t, f)
+    return health.tokens(bname, t) / ((t.weight or 1) * f + 1e-9)
+  end)
+end
+
+local function pick_one(ok)
+  local t = next(ok)
+  return t
+end
+
 local function pick(ctx, bname, gi, group, ok, n)
   local strategy = group.strategy
   if strategy == "round_robin" or strategy == nil then return pick_rr(bname, gi, group, ok, n) end
-  if n == 1 then for t in pairs(ok) do return t end end
+  if n == 1 then return pick_one(ok) end
   if strategy == "random" then return pick_random(ok) end
-  if strategy == "least_busy" then
-    return pick_lowest(bname, gi, group, ok, n, function(t, f)
-      return (health.inflight(bname, t) + 1) / ((t.weight or 1) * f + 1e-9)
-    end)
-  end
-  if strategy == "latency" then
-    local unmeasured = {}
-    local m = 0
-    for t in pairs(ok) do
-      if not health.latency(bname, t) then unmeasured[t] = 1; m = m + 1 end
-    end
-    if m > 0 then return pick_rr(bname, gi, group, unmeasured, m) end
-    if random() < 0.05 then return pick_random(ok) end
-    return pick_lowest(bname, gi, group, ok, n, function(t) return health.latency(bname, t) end)
-  end
-  if strategy == "cost" then
-    return pick_lowest(bname, gi, group, ok, n, function(t) return price_of(t, ctx) end)
-  end
-  if strategy == "usage" then
-    return pick_lowest(bname, gi, group, ok, n, function(t, f)
-      return health.tokens(bname, t) / ((t.weight or 1) * f + 1e-9)
-    end)
-  end
+  if strategy == "least_busy" then return pick_least_busy(bname, gi, group, ok, n) end
+  if strategy == "latency" then return pick_latency(bname, gi, group, ok, n) end
+  if strategy == "cost" then return pick_cost(ctx, bname, gi, group, ok, n) end
+  if strategy == "usage" then return pick_usage(bname, gi, group, ok, n) end
   if strategy == "sticky" then return pick_sticky(bname, gi, group, ok, n, ctx) end
   return pick_rr(bname, gi, group, ok, n)
 end

@@ -84,10 +84,6 @@ local function req_headers(ctx)
   return ctx.request.headers or {}
 end
 
-local function client_doc(ctx)
-  return function() return ctx.request.json end
-end
-
 -- the client's body decoded for translation, or a 400 answer
 local function decode_body(ctx, up)
   local doc, err = J.decode(up.body or "")
@@ -135,7 +131,7 @@ end
 
 local function decoder_opts(ctx, p, kind, o)
   o.ctx = ctx
-  o.request_doc = o.request_doc or client_doc(ctx)
+  -- no request_doc: the tracker reads ctx.request.json if it must estimate (no closure per request)
   o.usage_path = kind.usage_path
   o.owned_by = p.type
   return decoder.new(o)

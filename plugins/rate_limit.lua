@@ -107,8 +107,9 @@ function _M.init(conf)
 end
 
 local lim
+local function now() return gw.now() end
 local function get_limiter()
-  if not lim then lim = limiter.new(gw.shared, function() return gw.now() end) end
+  if not lim then lim = limiter.new(gw.shared, now) end
   return lim
 end
 

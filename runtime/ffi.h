@@ -81,6 +81,7 @@ typedef struct mg_json_info {
     int  model_escaped;          /* it holds escapes: decode it before use */
     int  stream;                 /* top-level "stream" is true */
     int  escaped_keys;           /* some top-level key holds escapes */
+    long usage_off, usage_len;   /* the top-level "usage" value (any type), or off -1 */
 } mg_json_info_t;
 /* Validates body as one JSON object and reads model and stream from it.
  * Returns 0, or -1 when the body is not a valid JSON object. */

@@ -153,6 +153,7 @@ int mg_json_scan(const char *body, size_t len, mg_json_info_t *out)
     scan_t s = { body, body + len };
     memset(out, 0, sizeof *out);
     out->model_off = -1;
+    out->usage_off = -1;
     ws(&s);
     if (s.p >= s.end || *s.p != '{') {
         /* valid JSON that is not an object still fails here: every endpoint
@@ -192,6 +193,9 @@ int mg_json_scan(const char *body, size_t len, mg_json_info_t *out)
                 }
             } else if (!kesc && klen == 6 && memcmp(k, "stream", 6) == 0) {
                 out->stream = s.p - v == 4 && memcmp(v, "true", 4) == 0;
+            } else if (!kesc && klen == 5 && memcmp(k, "usage", 5) == 0) {
+                out->usage_off = (long)(v - body);
+                out->usage_len = (long)(s.p - v);
             } else if (kesc) {
                 out->escaped_keys = 1;
             }

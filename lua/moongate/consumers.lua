@@ -163,16 +163,19 @@ function _M.allows(c, model)
   return set[model] == true
 end
 
--- index(cfg) -> { by_hash = { hex = { consumer, raw digest } }, by_name = { name = true } },
+-- index(cfg) -> { by_hash = { hex = { consumer, raw digest } }, by_raw = { raw digest = the same },
+-- by_name = { name = true } },
 -- built once per config (and per worker: each has its own copy of the config)
 function _M.index(cfg)
   local ix = cfg._consumer_index
   if ix then return ix end
-  ix = { by_hash = {}, by_name = {} }
+  ix = { by_hash = {}, by_raw = {}, by_name = {} }
   for _, e in ipairs(cfg.consumers or {}) do
     if e.key_sha256 then
       local c = make_consumer(e)
-      ix.by_hash[e.key_sha256] = { consumer = c, raw = from_hex(e.key_sha256) }
+      local hit = { consumer = c, raw = from_hex(e.key_sha256) }
+      ix.by_hash[e.key_sha256] = hit
+      ix.by_raw[hit.raw] = hit
       ix.by_name[e.name] = c
     end
   end
@@ -327,9 +330,9 @@ local decoded, ndecoded = {}, 0
 -- lookup(cfg, key) -> consumer | nil
 function _M.lookup(cfg, key)
   local raw = digest(key)
-  local hex = to_hex(raw)
-  local hit = _M.index(cfg).by_hash[hex]
+  local hit = _M.index(cfg).by_raw[raw]   -- the configured keys: no hex on the hot path
   if hit and const_eq(hit.raw, raw) then return hit.consumer end
+  local hex = to_hex(raw)
   local s = shared()
   if not s then return nil end
   _M.ensure_loaded(cfg.data_dir)

@@ -50,6 +50,7 @@ typedef struct mg_json_info {
     int  model_escaped;
     int  stream;
     int  escaped_keys;
+    long usage_off, usage_len;   /* the top-level "usage" value (any type), or off -1 */
 } mg_json_info_t;
 int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
 

@@ -71,14 +71,10 @@ local function quote(s)
 end
 _M.quote = quote
 
--- The request id is new every time: a byte loop (compiled) finds whether it needs escapes.
+-- The request id is new every time (and not worth keeping): quoted afresh.
 local function quote_id(s)
   if type(s) ~= "string" then return quote(s) end
-  for i = 1, #s do
-    local b = byte(s, i)
-    if b < 32 or b == 34 or b == 92 or b == 127 then return quote_new(s) end
-  end
-  return '"' .. s .. '"'
+  return quote_new(s)
 end
 _M.quote_id = quote_id
 

@@ -1287,12 +1287,11 @@ function _M.init(opts)
   end
   -- MOONGATE_JIT_PROFILE="fl,FILE": LuaJIT's sampling profiler (jit.p), for the benchmark
   local prof = os.getenv("MOONGATE_JIT_PROFILE")
-  if prof and prof ~= "" then
+  -- LuaJIT's profiler is one per process (one SIGPROF timer): only worker 1 runs it
+  if prof and prof ~= "" and opts.mode == "worker" and C.mg_worker_index() == 1 then
     local ok, p = pcall(require, "jit.p")
     if ok then
       local mode, file = prof:match("^([^,]*),(.+)$")
-      -- one file per Lua state: every worker has its own (FILE.w1, FILE.w2, ...; FILE for main)
-      if file and opts.mode == "worker" then file = file .. ".w" .. C.mg_worker_index() end
       p.start(mode or prof, file)
       _M.stop_profile = p.stop
     end

@@ -131,16 +131,18 @@ Tracker.__index = Tracker
 
 -- tracker(ctx, request_doc) -> t; request_doc: the client's request (any
 -- table with its messages), or a function returning it (read only when the
--- prompt must be estimated)
+-- prompt must be estimated); nil: ctx.request.json
 function _M.tracker(ctx, request_doc)
   return setmetatable({ ctx = ctx, doc = request_doc, out = 0 }, Tracker)
 end
 
 -- report(u): what the provider said (a codec's normalised usage; absent or
 -- invalid members are left as they were)
+local REPORTED = { "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens" }
 function Tracker:report(u)
   if type(u) ~= "table" then return end
-  for _, k in ipairs({ "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens" }) do
+  for i = 1, #REPORTED do
+    local k = REPORTED[i]
     local v = _M.count(u[k])
     if v then self[k] = v end
   end
@@ -164,6 +166,8 @@ function Tracker:publish()
     if not self.prompt_estimate then
       local doc = self.doc
       if type(doc) == "function" then doc = doc() end
+      -- none given: the client's request, decoded now (ctx.request.json decodes on first use)
+      if doc == nil and self.ctx and self.ctx.request then doc = self.ctx.request.json end
       self.prompt_estimate = _M.prompt_tokens(doc)
     end
     prompt, estimated = self.prompt_estimate, true
