@@ -64,6 +64,19 @@ static void test_model_and_stream(void)
     CHECK(i.escaped_keys == 1 && i.model_off == -1);
 }
 
+static void test_usage_member(void)
+{
+    mg_json_info_t i;
+    const char *s = "{\"id\":\"x\",\"choices\":[{\"usage\":1}],"
+                    "\"usage\": {\"prompt_tokens\":5,\"completion_tokens\":7} ,\"z\":0}";
+    CHECK(scan(s, &i) == 0);
+    CHECK(i.usage_off >= 0);
+    /* the top-level member only, exactly its value's text */
+    CHECK(i.usage_len == 41 && memcmp(s + i.usage_off, "{\"prompt_tokens\":5,\"completion_tokens\":7}", 41) == 0);
+    CHECK(scan("{\"choices\":[{\"usage\":{}}]}", &i) == 0 && i.usage_off == -1);
+    CHECK(scan("{\"usage\":null}", &i) == 0 && i.usage_len == 4);
+}
+
 static void test_depth_limit(void)
 {
     mg_json_info_t i;
@@ -99,5 +112,5 @@ static void test_truncations_never_pass(void)
     CHECK(mg_json_scan(s, len, &i) == 0);
 }
 
-TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_depth_limit,
+TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_usage_member, test_depth_limit,
           test_truncations_never_pass)
