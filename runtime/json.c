@@ -36,7 +36,12 @@ static int string(scan_t *s, int *escaped)
 {
     s->p++;
     while (s->p < s->end) {
-        unsigned char c = (unsigned char)*s->p;
+        /* the plain run first, in registers (most of a body is string text) */
+        const unsigned char *q = (const unsigned char *)s->p, *e = (const unsigned char *)s->end;
+        while (q < e && *q >= 0x20 && *q != '"' && *q != '\\') q++;
+        s->p = (const char *)q;
+        if (q >= e) break;
+        unsigned char c = *q;
         if (c == '"') {
             s->p++;
             return 0;

@@ -21,7 +21,7 @@ local anthropic_types = {
 
 -- The wire format a client speaks, from the path it asked for.
 function _M.format_of(path)
-  if path:sub(1, 12) == "/v1/messages" then return "anthropic" end
+  if string.find(path, "/v1/messages", 1, true) == 1 then return "anthropic" end
   return "openai"
 end
 

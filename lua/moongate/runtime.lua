@@ -25,6 +25,10 @@ local C = mgffi.C
 local co_create, co_resume, co_status, co_running = coroutine.create, coroutine.resume,
   coroutine.status, coroutine.running
 local ffi_string = ffi.string
+-- Tables filled key by key on every request are made at their final size:
+-- growing one rehashes it at every power of two (LuaJIT's rehash was the
+-- largest single cost of a request in the profile).
+local tnew = require("table.new")
 local concat, format, getmetatable, ipairs, pairs, pcall, tostring, type =
   table.concat, string.format, getmetatable, ipairs, pairs, pcall, tostring, type
 local str_find, str_lower, str_sub = string.find, string.lower, string.sub
@@ -186,7 +190,7 @@ local function upstream_headers(client, own)
     drop = {}
     for name in conn:gmatch("[^,%s]+") do drop[str_lower(name)] = true end
   end
-  local out = {}
+  local out = tnew(0, 16)
   for k, v in pairs(client) do
     if not HOP[k] and not NOT_UPSTREAM[k] and not (drop and drop[k]) then out[k] = v end
   end
@@ -220,8 +224,9 @@ local function read_request(r)
   local sz, np, nl, vp, vl = mgffi.sz1, mgffi.cp1, mgffi.sz1, mgffi.cp2, mgffi.sz2
   local method = ffi_string(C.mg_req_method(r, sz), sz[0])
   local target = ffi_string(C.mg_req_target(r, sz), sz[0])
-  local headers = {}
-  for i = 0, C.mg_req_header_count(r) - 1 do
+  local nh = C.mg_req_header_count(r)
+  local headers = tnew(0, nh)
+  for i = 0, nh - 1 do
     C.mg_req_header(r, i, np, nl, vp, vl)
     local name = ffi_string(np[0], nl[0])
     local val = ffi_string(vp[0], vl[0])
@@ -230,17 +235,17 @@ local function read_request(r)
   end
   local body = ffi_string(C.mg_req_body(r, sz), sz[0])
   local q = str_find(target, "?", 1, true)
-  return setmetatable({
-    method = method,
-    target = target,
-    path = q and str_sub(target, 1, q - 1) or target,
-    query = q and str_sub(target, q + 1) or nil,
-    headers = headers,
-    body = body,
-    remote = ffi_string(C.mg_req_remote(r)),
-    http_minor = C.mg_req_http_minor(r),
-    is_json = false,
-  }, REQUEST_MT)
+  local req = tnew(0, 16)   -- the pipeline adds model, stream, json
+  req.method = method
+  req.target = target
+  req.path = q and str_sub(target, 1, q - 1) or target
+  req.query = q and str_sub(target, q + 1) or nil
+  req.headers = headers
+  req.body = body
+  req.remote = ffi_string(C.mg_req_remote(r))
+  req.http_minor = C.mg_req_http_minor(r)
+  req.is_json = false
+  return setmetatable(req, REQUEST_MT)
 end
 
 -- Writes a whole answer (status, body string, headers table) to the client.
@@ -517,10 +522,10 @@ local function proxy(ctx, chain)
     -- ctx.upstream.headers holds what the provider adds (credentials, its
     -- own headers); the client's headers are merged under them afterwards,
     -- so plugins may change either in on_upstream_request
-    ctx.upstream = {
-      method = req.method, path = req.path, query = req.query, body = req.body,
-      headers = {}, url = nil,
-    }
+    local up = tnew(0, 16)   -- the provider plugin adds url, timeouts, decoder, ...
+    up.method, up.path, up.query, up.body = req.method, req.path, req.query, req.body
+    up.headers = tnew(0, 8)
+    ctx.upstream = up
     rv = plugins.run(chain, "on_upstream_request", ctx)
     if rv then return answer(ctx, rv, "on_upstream_request") end
     local spec = ctx.upstream
@@ -564,12 +569,14 @@ local function proxy(ctx, chain)
     end
 
     do
-      local out = {}
+      local out = tnew(0, 24)
       for k, v in pairs(headers) do
         if not HOP[k] and not NOT_DOWNSTREAM[k] then out[k] = v end
       end
       if headers["content-length"] then out["content-length"] = headers["content-length"] end
-      ctx.response = { status = status, headers = out, upstream_headers = headers }
+      local resp = tnew(0, 8)
+      resp.status, resp.headers, resp.upstream_headers = status, out, headers
+      ctx.response = resp
       metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, status), 1)
       rv = plugins.run(chain, "on_response", ctx)
       if rv == gw.RETRY and ctx.attempt < max_attempts and
@@ -703,11 +710,12 @@ local function serve_gateway(r, waiter)
     C.mg_request_id(idbuf)
     rid = ffi_string(idbuf, 32)
   end
-  local ctx = {
-    id = rid, request = req, format = errors.format_of(req.path), attempt = 0,
-    timings = { start = C.mg_req_start(r) }, vars = {}, config = state.cfg,
-    _req = r, _waiter = waiter,
-  }
+  local ctx = tnew(0, 40)   -- plugins and the attempt loop add ~25 more keys
+  ctx.id, ctx.request, ctx.format, ctx.attempt = rid, req, errors.format_of(req.path), 0
+  local timings = tnew(0, 4)
+  timings.start = C.mg_req_start(r)
+  ctx.timings, ctx.vars, ctx.config = timings, tnew(0, 8), state.cfg
+  ctx._req, ctx._waiter = r, waiter
   co_ctx[co_running()] = ctx
   gw._current = ctx
   metrics.add("moongate_inflight", "", 1)

@@ -20,7 +20,7 @@ local mock = require("moongate.mock")
 
 local C = mgffi.C
 local co_yield = coroutine.yield
-local concat, pairs, type = table.concat, pairs, type
+local pairs, tostring, type = pairs, tostring, type
 local ffi_string = ffi.string
 
 local _M = { _VERSION = "0.1" }
@@ -32,22 +32,26 @@ local EV_UP_HEADERS, EV_UP_DATA, EV_UP_DONE = 2, 3, 4
 local Real = {}
 Real.__index = Real
 
+-- one buffer for every serialisation (a request's headers are serialised whole, never interleaved)
+local hbuf = require("string.buffer").new(1024)
 local function serialize_headers(h)
-  local out, n = {}, 0
+  hbuf:reset()
   for k, v in pairs(h) do
     if v ~= nil and v ~= false then
-      n = n + 1
-      out[n] = k .. ": " .. tostring(v) .. "\r\n"
+      if type(v) ~= "string" then v = tostring(v) end
+      hbuf:put(k, ": ", v, "\r\n")
     end
   end
-  return concat(out)
+  return hbuf:tostring()
 end
 _M.serialize_headers = serialize_headers
 
+local tnew = require("table.new")
 local function up_headers(u)
-  local h = {}
+  local nh = C.mg_up_header_count(u)
+  local h = tnew(0, nh)
   local np, nl, vp, vl = mgffi.cp1, mgffi.sz1, mgffi.cp2, mgffi.sz2
-  for i = 0, C.mg_up_header_count(u) - 1 do
+  for i = 0, nh - 1 do
     C.mg_up_header(u, i, np, nl, vp, vl)
     local name = ffi_string(np[0], nl[0])
     local val = ffi_string(vp[0], vl[0])

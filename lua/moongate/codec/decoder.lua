@@ -44,8 +44,10 @@ local _M = { _VERSION = "0.1" }
 local Decoder = {}
 Decoder.__index = Decoder
 
+local tnew = require("table.new")
+
 function _M.new(opts)
-  local d = setmetatable({}, Decoder)
+  local d = setmetatable(tnew(0, 32), Decoder)   -- opts (~12) and the decoder's own state
   for k, v in pairs(opts) do d[k] = v end
   d.same = opts.wire == opts.client
   d.tracker = usage.tracker(opts.ctx, opts.request_doc)
