@@ -64,6 +64,19 @@ static void test_model_and_stream(void)
     CHECK(i.escaped_keys == 1 && i.model_off == -1);
 }
 
+/* strings longer than one 16-byte block: the block scan stops where the byte loop would */
+static void test_long_strings(void)
+{
+    mg_json_info_t i;
+    CHECK(scan("{\"model\":\"a-model-name-longer-than-sixteen-bytes\",\"x\":1}", &i) == 0);
+    CHECK(i.model_len == 38);
+    CHECK(scan("{\"k\":\"0123456789abcdef0123456789\\\"abcdef0123456789\"}", &i) == 0);
+    CHECK(scan("{\"k\":\"0123456789abcdef0123456789\tabcdef0123456789\"}", &i) != 0);
+    CHECK(scan("{\"k\":\"0123456789abcdef0123456789\x7f\xc3\xa9\x01\"}", &i) != 0);
+    CHECK(scan("{\"k\":\"0123456789abcdef0123456789\x7f\xc3\xa9\x20\"}", &i) == 0);
+    CHECK(scan("{\"k\":\"0123456789abcdef0123456789", &i) != 0);
+}
+
 static void test_usage_member(void)
 {
     mg_json_info_t i;
@@ -112,5 +125,5 @@ static void test_truncations_never_pass(void)
     CHECK(mg_json_scan(s, len, &i) == 0);
 }
 
-TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_usage_member, test_depth_limit,
+TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_long_strings, test_usage_member, test_depth_limit,
           test_truncations_never_pass)
