@@ -58,8 +58,41 @@ done
 echo "$N open streams: $(rss $MG)"
 kill $HOLD
 
-# 2. event latency, direct and through the gateway (same machine, one clock)
+# 2. event latency, direct, through nginx (a plain relay: proxy_buffering off) and through the
+#    gateway (same machine, one clock). nginx pays the same extra hop, so moongate minus nginx
+#    is what moongate's own handling of an event adds.
 luajit "$ROOT/bench/stream_latency.lua" "$LP" "" 500
+NGINX=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+if [[ -x $NGINX ]]; then
+    NG=$(port)
+    mkdir -p "$TMP/nginx"
+    cat > "$TMP/nginx.conf" <<NGX
+worker_processes 1;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    server {
+        listen 127.0.0.1:$NG;
+        location / {
+            proxy_pass http://127.0.0.1:$LP;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+NGX
+    "$NGINX" -c "$TMP/nginx.conf" -p "$TMP/nginx" -g 'daemon off;' 2> "$TMP/nginx/stderr" & PIDS+=($!)
+    for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$NG) 2>/dev/null && break; sleep 0.1; done
+    luajit "$ROOT/bench/stream_latency.lua" "$LP" "$NG" 500 | sed 's/through moongate/through nginx/'
+fi
 cat > "$TMP/through.lua" <<'LUA'
 -- the gateway route for this run needs the x-bench header: patch the client's request line
 local root, lp, gw = arg[1], arg[2], arg[3]
@@ -68,4 +101,10 @@ src = src:gsub('Host: x\\r\\n', 'Host: x\\r\\nx-bench: latency\\r\\n')
 arg = { [0] = "stream_latency.lua", lp, gw, "500" }
 assert(loadstring(src))()
 LUA
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }   # ns on CPU, all threads
+i0=$(cpu_ns $MG); sleep 5; i1=$(cpu_ns $MG)          # what the idle gateway spends (timers), per second
+t0=$(cpu_ns $MG); s0=$(date +%s%N)
 luajit "$TMP/through.lua" "$ROOT" "$LP" "$GW"
+t1=$(cpu_ns $MG); s1=$(date +%s%N)
+idle=$(( (i1 - i0) * (s1 - s0) / 5000000000 ))
+echo "moongate CPU per event: $(( (t1 - t0 - idle) / 505 / 1000 )) us (CPU time over the run, less the idle gateway's, / events)"

@@ -61,6 +61,8 @@ int mg_lua_init(mg_worker_t *w, const char *home, const char *config_path, const
     }
     lua_getfield(L, -1, "event");
     w->lua_event_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushcfunction(L, traceback);   /* made once: a C closure per event is garbage per event */
+    w->lua_traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "init");
     lua_createtable(L, 0, 6);
     lua_pushstring(L, home);
@@ -90,7 +92,7 @@ int mg_lua_init(mg_worker_t *w, const char *home, const char *config_path, const
 void mg_lua_event(mg_worker_t *w, const mg_event_t *ev)
 {
     lua_State *L = w->L;
-    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->lua_traceback_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->lua_event_ref);
     lua_pushinteger(L, ev->kind);
     lua_pushnumber(L, (lua_Number)ev->waiter);

@@ -96,6 +96,7 @@ struct mg_worker {
     int             index;          /* 0: the main thread; 1..n: gateway workers */
     struct lua_State *L;
     int             lua_event_ref;  /* registry ref of runtime.event */
+    int             lua_traceback_ref;  /* registry ref of the error handler for it */
     mg_multi_t     *multi;
     mg_limits_t     limits;
 
