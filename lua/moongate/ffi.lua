@@ -150,7 +150,17 @@ int  mg_redis_xadd(const char *stream, size_t sl, double maxlen, const char *con
 
 local ok = pcall(function() return ffi.C.mg_now end)
 _M.available = ok
-_M.C = ok and ffi.C or nil
+-- C is a plain table in front of ffi.C: each function's cdata is looked up in ffi.C once, then
+-- read like any table field. Interpreted Lua (most of a request's Lua runs in short bursts
+-- between coroutine switches) pays ffi.C's __index metamethod on every C.x otherwise; compiled
+-- code calls through the cached function as fast as through ffi.C.
+if ok then
+  _M.C = setmetatable({}, { __index = function(t, name)
+    local fn = ffi.C[name]   -- an unknown name raises here, as ffi.C would
+    rawset(t, name, fn)
+    return fn
+  end })
+end
 
 -- Shared scratch out-parameters: every call that uses them copies the result
 -- into a Lua string before the next call, so one set per state is enough.
