@@ -64,6 +64,7 @@ _M.judge_policy = judge_policy
 
 -- The variables of an expression (SPEC §4), for this attempt. What stays the same over a
 -- request's attempts (request, consumer) is built once per request; the rest per attempt.
+local target_views = setmetatable({}, { __mode = "k" })
 local function expr_vars(ctx, err)
   local req, t, res = ctx.request, ctx.target, ctx.response
   local v = ctx.vars.health_expr
@@ -78,7 +79,13 @@ local function expr_vars(ctx, err)
   end
   v.response = res and { code = res.status, headers = res.upstream_headers or res.headers } or nil
   v.error = err and { kind = err.kind } or nil
-  v.target = { name = t.name, provider = t.provider, model = t.model ~= false and t.model or nil }
+  -- a target's view is the same on every attempt: made once per target (per config)
+  local tv = target_views[t]
+  if not tv then
+    tv = { name = t.name, provider = t.provider, model = t.model ~= false and t.model or nil }
+    target_views[t] = tv
+  end
+  v.target = tv
   v.attempt = ctx.attempt
   v.latency_ms = ctx.timings.ttfb and floor(ctx.timings.ttfb * 1000 + 0.5) or nil
   return v

@@ -23,6 +23,10 @@ _M.CHARS_PER_TOKEN = CHARS_PER_TOKEN
 
 -- count(v) -> v as a token count (a non-negative integer), or nil
 function _M.count(v)
+  if type(v) == "number" then   -- the common case: lua-cjson's numbers
+    if v >= 0 and v == floor(v) and v < 9007199254740992 then return v end
+    return nil
+  end
   local n = J.num(v)
   if n and n >= 0 and n == floor(n) and n < 9007199254740992 then return n end
   return nil
