@@ -1,4 +1,11 @@
-/* upstream.c — upstream transfers on libcurl multi + libuv (see upstream.h).
+/* upstream.c — upstream transfers (see upstream.h): the core every transfer
+ * shares, and the libcurl transport.
+ *
+ * The core (see upstream_int.h) owns what Lua and the client see: the event
+ * order, the body paths, back-pressure, deadlines and the owner list. A
+ * transport feeds it: libcurl's multi handle driven by libuv here (https://,
+ * HTTP/2, and everything under MOONGATE_UPSTREAM=curl), or the native
+ * HTTP/1.1 client of upstream_h1.c for plain http://.
  *
  * This is the one file that talks to libcurl: CURLcode becomes an MG_E* code
  * here and nowhere else.
@@ -9,9 +16,10 @@
  *  - pipe mode writes them straight to the client's socket (no Lua per chunk),
  *    pausing the transfer while the client's unsent queue is large;
  *  - stream mode hands them to Lua, again pausing above the cap.
- * Back-pressure therefore always ends in curl_easy_pause(), which stops
- * reading from the provider's socket. */
+ * Back-pressure therefore always ends in pausing the transport, which stops
+ * reading from the provider's socket (curl_easy_pause, or uv_read_stop). */
 #include <curl/curl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,26 +29,11 @@
 #include "ffi.h"
 #include "log.h"
 #include "upstream.h"
-
-#define INBUF_CAP (256 * 1024)
-#define EASY_POOL 64
-
-enum { MODE_UNDECIDED = 0, MODE_PIPE = 1, MODE_STREAM = 2 };
+#include "upstream_int.h"
 
 typedef struct sock sock_t;
 
-struct mg_multi {
-    uv_timer_t   timer;        /* first: closing it frees the struct */
-    CURLM       *multi;
-    mg_worker_t *w;
-    struct { CURL *easy; int custom_tls; } pool[EASY_POOL];
-    int          npool;
-    int          active;
-    sock_t     **socks;        /* by fd */
-    int          nsocks;
-    uv_timer_t  *watchdog;     /* ticks while some transfer is watched (mg_up_watch) */
-    mg_up_t     *watched;      /* transfers with a first-byte or idle deadline */
-};
+#define EASY_POOL MG_UP_EASY_POOL
 
 /* One per socket curl asks us to watch. uv_poll_start() always drops the fd
  * from epoll and adds it again, so a poll is restarted only when what it
@@ -58,50 +51,7 @@ struct sock {
     unsigned      polling : 1; /* uv_poll_init_socket done */
 };
 
-struct mg_up {
-    CURL              *easy;
-    mg_multi_t        *m;
-    int64_t            waiter;
-    mg_req_t          *owner;
-    mg_up_t           *onext, *oprev;      /* owner's list */
-    struct curl_slist *hout;
-    mg_buf_t           bout;
-    double             t_start;
-    double             ttfb;
-
-    int                status;
-    mg_buf_t           hbuf;
-    mg_hdr_t          *hdrs;
-    int                nhdrs, hcap;
-    int                in_headers;         /* saw a status line, not yet the blank line */
-
-    mg_buf_t           inbuf;
-    int                mode;
-    unsigned           running : 1;
-    unsigned           headers_done : 1;
-    unsigned           headers_told : 1;
-    unsigned           done : 1;
-    unsigned           done_told : 1;
-    unsigned           paused : 1;
-    unsigned           aborted : 1;
-    unsigned           in_cb : 1;
-    unsigned           wake_queued : 1;
-    unsigned           freed : 1;
-    unsigned           custom_tls : 1;
-    int                refs;
-    int                result;
-    char               errbuf[CURL_ERROR_SIZE];
-
-    /* mg_up_watch(): deadlines libcurl has no option for (its low-speed
-     * limit counts whole seconds) */
-    mg_up_t           *wnext, *wprev;
-    double             first_deadline;     /* monotonic time the first body byte is due, 0 none */
-    double             idle_limit;         /* most seconds between body bytes, 0 none */
-    double             last_data;
-    unsigned           watched : 1;
-    unsigned           got_body : 1;
-    size_t             handed;             /* inbuf bytes Lua holds in the current MG_EV_UP_DATA */
-};
+_Static_assert(MG_UP_ERRLEN >= CURL_ERROR_SIZE, "errbuf is curl's error buffer");
 
 static void check_done(mg_multi_t *m);
 
@@ -158,15 +108,35 @@ const char *mg_up_result_name(int result)
     }
 }
 
-/* ======================== waking Lua ======================== */
+/* ======================== the core: waking Lua ======================== */
 
 static void up_unref(mg_up_t *u);
+static void stop_transfer(mg_up_t *u);
 
-static void wake(mg_up_t *u)
+void mg_up__wake(mg_up_t *u)
 {
     if (u->wake_queued || u->freed) return;
     u->wake_queued = 1;
     mg_worker_queue(u->m->w, MG_EV_UP_WAKE, u->waiter, u, 0);
+}
+
+void mg_up__finish(mg_up_t *u, int result)
+{
+    if (u->running) {
+        u->running = 0;
+        u->m->active--;
+    }
+    u->done = 1;
+    u->result = u->aborted ? MG_ECLIENT : result;
+    mg_up__wake(u);
+}
+
+void mg_up__errorf(mg_up_t *u, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(u->errbuf, sizeof u->errbuf, fmt, ap);
+    va_end(ap);
 }
 
 static void unpause(mg_up_t *u)
@@ -175,6 +145,10 @@ static void unpause(mg_up_t *u)
     u->paused = 0;
     /* the time spent paused was the client's, not the provider's silence */
     if (u->watched) u->last_data = mg_monotonic();
+    if (u->easy == NULL) {
+        mg_h1_resume(u);
+        return;
+    }
     curl_easy_pause(u->easy, CURLPAUSE_CONT);
     /* unpausing may have delivered data or finished the transfer */
     check_done(u->m);
@@ -206,9 +180,9 @@ void mg_up_deliver(mg_worker_t *w, mg_up_t *u)
                 ev.kind = MG_EV_UP_DONE;
                 ev.arg = u->result == MG_OK ? MG_EPROTO : u->result;
             }
-        } else if (u->headers_told && u->mode == MODE_STREAM && u->inbuf.len > 0) {
+        } else if (u->headers_told && u->mode == MG_UP_STREAM && u->inbuf.len > 0) {
             ev.kind = MG_EV_UP_DATA;
-        } else if (u->headers_told && u->mode != MODE_UNDECIDED && u->done && !u->done_told) {
+        } else if (u->headers_told && u->mode != MG_UP_UNDECIDED && u->done && !u->done_told) {
             u->done_told = 1;
             ev.kind = MG_EV_UP_DONE;
             ev.arg = u->result;
@@ -240,53 +214,120 @@ const char *mg_up_data(mg_up_t *u, size_t *len)
     return u->inbuf.data ? u->inbuf.data : "";
 }
 
+/* ======================== the core: what a transport reports ======================== */
+
+void mg_up__head_begin(mg_up_t *u, int status)
+{
+    if (u->ttfb == 0) u->ttfb = mg_monotonic() - u->t_start;
+    u->status = status;
+    u->nhdrs = 0;
+    mg_buf_reset(&u->hbuf);
+}
+
+void mg_up__hdr_new(mg_up_t *u)
+{
+    if (u->nhdrs == u->hcap) {
+        u->hcap = u->hcap ? u->hcap * 2 : 16;
+        u->hdrs = mg_xrealloc(u->hdrs, (size_t)u->hcap * sizeof *u->hdrs);
+    }
+    mg_hdr_t *h = &u->hdrs[u->nhdrs++];
+    h->name_off = h->val_off = (uint32_t)u->hbuf.len;
+    h->name_len = h->val_len = 0;
+}
+
+void mg_up__hdr_name(mg_up_t *u, const char *p, size_t n)
+{
+    mg_hdr_t *h = &u->hdrs[u->nhdrs - 1];
+    size_t at = u->hbuf.len;
+    mg_buf_append(&u->hbuf, p, n);
+    for (size_t i = at; i < at + n; i++) {
+        char ch = u->hbuf.data[i];
+        if (ch >= 'A' && ch <= 'Z') u->hbuf.data[i] = (char)(ch + 32);
+    }
+    h->name_len += (uint32_t)n;
+    h->val_off = (uint32_t)u->hbuf.len;
+}
+
+void mg_up__hdr_value(mg_up_t *u, const char *p, size_t n)
+{
+    mg_buf_append(&u->hbuf, p, n);
+    u->hdrs[u->nhdrs - 1].val_len += (uint32_t)n;
+}
+
+void mg_up__hdr_trim(mg_up_t *u)
+{
+    mg_hdr_t *h = &u->hdrs[u->nhdrs - 1];
+    while (h->val_len > 0) {
+        char ch = u->hbuf.data[h->val_off + h->val_len - 1];
+        if (ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n') break;
+        h->val_len--;
+    }
+}
+
+void mg_up__head_end(mg_up_t *u)
+{
+    if (u->status < 200) return;       /* an interim answer: the final one follows */
+    u->headers_done = 1;
+    mg_up__wake(u);
+}
+
+int mg_up__body_blocked(mg_up_t *u, size_t len)
+{
+    if (u->mode == MG_UP_PIPE)
+        return u->owner != NULL && u->owner->conn != NULL && !mg_conn_write_queue_small(u->owner->conn);
+    return u->inbuf.len > 0 && u->inbuf.len + len > MG_UP_INBUF_CAP;
+}
+
+int mg_up__body_take(mg_up_t *u, const char *data, size_t len)
+{
+    if (u->aborted) return -1;
+    if (u->watched) {
+        u->got_body = 1;
+        u->last_data = mg_monotonic();
+    }
+    if (u->mode == MG_UP_PIPE) {
+        mg_req_t *r = u->owner;
+        if (r == NULL || r->conn == NULL) return -1;
+        unsigned in_cb = u->in_cb;
+        u->in_cb = 1;
+        int rc = mg_resp_write(r, data, len);
+        u->in_cb = in_cb;
+        return rc < 0 || u->aborted ? -1 : 0;
+    }
+    mg_buf_append(&u->inbuf, data, len);
+    if (u->mode == MG_UP_STREAM) mg_up__wake(u);
+    return 0;
+}
+
 /* ======================== curl callbacks ======================== */
 
 static size_t on_header(char *buf, size_t size, size_t n, void *ud)
 {
     mg_up_t *u = ud;
     size_t len = size * n;
-    if (u->ttfb == 0) u->ttfb = mg_monotonic() - u->t_start;
     if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
         /* a status line starts a new header section (1xx, redirects, the final one) */
         const char *sp = memchr(buf, ' ', len);
-        u->status = sp ? atoi(sp + 1) : 0;
-        u->nhdrs = 0;
-        mg_buf_reset(&u->hbuf);
+        mg_up__head_begin(u, sp ? atoi(sp + 1) : 0);
         u->in_headers = 1;
         return len;
     }
+    if (u->ttfb == 0) u->ttfb = mg_monotonic() - u->t_start;
     if (!u->in_headers) return len;      /* trailers */
     if (len <= 2 && (buf[0] == '\r' || buf[0] == '\n')) {
         u->in_headers = 0;
-        if (u->status >= 200) {
-            u->headers_done = 1;
-            wake(u);
-        }
+        mg_up__head_end(u);
         return len;
     }
     const char *colon = memchr(buf, ':', len);
     if (colon == NULL) return len;
-    size_t nlen = (size_t)(colon - buf);
     const char *v = colon + 1;
     const char *end = buf + len;
     while (v < end && (*v == ' ' || *v == '\t')) v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t')) end--;
-    if (u->nhdrs == u->hcap) {
-        u->hcap = u->hcap ? u->hcap * 2 : 16;
-        u->hdrs = mg_xrealloc(u->hdrs, (size_t)u->hcap * sizeof *u->hdrs);
-    }
-    mg_hdr_t *h = &u->hdrs[u->nhdrs++];
-    h->name_off = (uint32_t)u->hbuf.len;
-    h->name_len = (uint32_t)nlen;
-    mg_buf_append(&u->hbuf, buf, nlen);
-    for (size_t i = 0; i < nlen; i++) {
-        char ch = u->hbuf.data[h->name_off + i];
-        if (ch >= 'A' && ch <= 'Z') u->hbuf.data[h->name_off + i] = (char)(ch + 32);
-    }
-    h->val_off = (uint32_t)u->hbuf.len;
-    h->val_len = (uint32_t)(end - v);
-    mg_buf_append(&u->hbuf, v, (size_t)(end - v));
+    mg_up__hdr_new(u);
+    mg_up__hdr_name(u, buf, (size_t)(colon - buf));
+    mg_up__hdr_value(u, v, (size_t)(end - v));
+    mg_up__hdr_trim(u);
     return len;
 }
 
@@ -295,30 +336,11 @@ static size_t on_write(char *data, size_t size, size_t n, void *ud)
     mg_up_t *u = ud;
     size_t len = size * n;
     if (u->aborted) return 0;
-    if (u->watched) {
-        u->got_body = 1;
-        u->last_data = mg_monotonic();
-    }
-    if (u->mode == MODE_PIPE) {
-        mg_req_t *r = u->owner;
-        if (r == NULL || r->conn == NULL) return 0;
-        if (!mg_conn_write_queue_small(r->conn)) {
-            u->paused = 1;
-            return CURL_WRITEFUNC_PAUSE;
-        }
-        u->in_cb = 1;
-        int rc = mg_resp_write(r, data, len);
-        u->in_cb = 0;
-        if (rc < 0 || u->aborted) return 0;
-        return len;
-    }
-    if (u->inbuf.len + len > INBUF_CAP && u->inbuf.len > 0) {
+    if (mg_up__body_blocked(u, len)) {
         u->paused = 1;
         return CURL_WRITEFUNC_PAUSE;
     }
-    mg_buf_append(&u->inbuf, data, len);
-    if (u->mode == MODE_STREAM) wake(u);
-    return len;
+    return mg_up__body_take(u, data, len) < 0 ? 0 : len;
 }
 
 /* ======================== the multi handle on libuv ======================== */
@@ -449,21 +471,15 @@ static void check_done(mg_multi_t *m)
         CURLcode rc = msg->data.result;
         curl_multi_remove_handle(m->multi, msg->easy_handle);
         if (u == NULL) continue;
-        u->running = 0;
-        m->active--;
-        u->done = 1;
-        u->result = map_result(u, rc);
-        if (u->result != MG_OK && u->errbuf[0] == '\0')
+        if (rc != CURLE_OK && u->errbuf[0] == '\0')
             snprintf(u->errbuf, sizeof u->errbuf, "%s", curl_easy_strerror(rc));
-        wake(u);
+        mg_up__finish(u, map_result(u, rc));
     }
 }
 
 /* ======================== deadlines ======================== */
 
 #define WATCH_TICK_MS 20
-
-static void stop_transfer(mg_up_t *u);
 
 static void watch_unlink(mg_up_t *u)
 {
@@ -482,10 +498,8 @@ static void watch_expire(mg_up_t *u, const char *what, double limit)
 {
     watch_unlink(u);
     stop_transfer(u);
-    u->done = 1;
-    u->result = MG_ETIMEDOUT;
-    snprintf(u->errbuf, sizeof u->errbuf, "%s after %.3f s", what, limit);
-    wake(u);
+    mg_up__errorf(u, "%s after %.3f s", what, limit);
+    mg_up__finish(u, MG_ETIMEDOUT);
 }
 
 static void on_watchdog(uv_timer_t *t)
@@ -532,10 +546,25 @@ int mg_up_watch(mg_up_t *u, double first_byte, double idle)
     return 0;
 }
 
+/* MOONGATE_UPSTREAM=curl: every transfer on libcurl (the kill switch of
+ * the native client), read once for the process. */
+static int curl_only;
+static pthread_once_t mode_once = PTHREAD_ONCE_INIT;
+
+static void read_mode(void)
+{
+    const char *v = getenv("MOONGATE_UPSTREAM");
+    curl_only = v != NULL && strcmp(v, "curl") == 0;
+    if (v != NULL && !curl_only && strcmp(v, "native") != 0)
+        mg_log(MG_LOG_WARN, "MOONGATE_UPSTREAM=%s: not curl or native, using native for http://", v);
+}
+
 int mg_multi_init(mg_worker_t *w)
 {
     mg_multi_t *m = mg_xcalloc(1, sizeof *m);
     m->w = w;
+    pthread_once(&mode_once, read_mode);
+    m->curl_only = curl_only;
     m->multi = curl_multi_init();
     if (m->multi == NULL) {
         free(m);
@@ -560,6 +589,7 @@ void mg_multi_close(mg_worker_t *w)
 {
     mg_multi_t *m = w->multi;
     if (m == NULL) return;
+    mg_h1_close_all(m);
     for (int i = 0; i < m->npool; i++) curl_easy_cleanup(m->pool[i].easy);
     curl_multi_cleanup(m->multi);      /* closes cached connections: on_close_socket */
     for (int i = 0; i < m->nsocks; i++)
@@ -613,7 +643,8 @@ static void owner_unlink(mg_up_t *u)
 static void stop_transfer(mg_up_t *u)
 {
     if (!u->running) return;
-    curl_multi_remove_handle(u->m->multi, u->easy);
+    if (u->easy != NULL) curl_multi_remove_handle(u->m->multi, u->easy);
+    else mg_h1_stop(u);
     u->running = 0;
     u->m->active--;
 }
@@ -656,6 +687,20 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
     u->waiter = waiter;
     u->refs = 1;
     u->t_start = mg_monotonic();
+    if (!m->curl_only && mg_h1_accepts(method, url)) {
+        /* running first: a failure the transport finds at once still ends it
+         * through mg_up__finish, heard by Lua from the drain like any other */
+        u->running = 1;
+        m->active++;
+        if (mg_h1_start(u, method, url, headers, hlen, body, blen, connect_timeout, timeout,
+                        idle_timeout, err, errlen) != 0) {
+            m->active--;
+            up_unref(u);
+            return NULL;
+        }
+        if (owner != NULL) owner_link(u, owner);
+        return u;
+    }
     /* A pooled handle keeps the options every transfer shares; only what
      * varies is set again (curl_easy_reset and a full set-up cost more than
      * the rest of curl's per-transfer work). One that had TLS options
@@ -774,24 +819,24 @@ int mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen, const char 
 
 int mg_up_pipe(mg_up_t *u)
 {
-    if (u->owner == NULL || u->mode == MODE_PIPE) return -1;
-    if (u->mode == MODE_STREAM && u->handed > 0) {
+    if (u->owner == NULL || u->mode == MG_UP_PIPE) return -1;
+    if (u->mode == MG_UP_STREAM && u->handed > 0) {
         /* Lua already has these bytes (it switches while handling them) */
         mg_buf_consume(&u->inbuf, u->handed);
         u->handed = 0;
     }
-    u->mode = MODE_PIPE;
+    u->mode = MG_UP_PIPE;
     pipe_flush(u);
-    if (u->done) wake(u);
+    if (u->done) mg_up__wake(u);
     else if (u->owner->conn == NULL || mg_conn_write_queue_small(u->owner->conn)) unpause(u);
     return 0;
 }
 
 int mg_up_stream(mg_up_t *u)
 {
-    if (u->mode != MODE_UNDECIDED) return -1;
-    u->mode = MODE_STREAM;
-    if (u->inbuf.len > 0 || u->done) wake(u);
+    if (u->mode != MG_UP_UNDECIDED) return -1;
+    u->mode = MG_UP_STREAM;
+    if (u->inbuf.len > 0 || u->done) mg_up__wake(u);
     return 0;
 }
 
@@ -823,17 +868,16 @@ void mg_up_abort_owned(mg_req_t *r)
     for (mg_up_t *u = r->ups; u != NULL; u = u->onext) {
         if (u->done) continue;
         u->aborted = 1;
-        if (u->in_cb) continue;          /* on_write returns 0 and curl ends it */
+        /* inside a transport's callback: it sees aborted and ends the transfer */
+        if (u->in_cb) continue;
         stop_transfer(u);
-        u->done = 1;
-        u->result = MG_ECLIENT;
-        wake(u);
+        mg_up__finish(u, MG_ECLIENT);
     }
 }
 
 void mg_up_client_drained(mg_req_t *r)
 {
     for (mg_up_t *u = r->ups; u != NULL; u = u->onext) {
-        if (u->paused && (u->mode == MODE_PIPE || u->inbuf.len == 0)) unpause(u);
+        if (u->paused && (u->mode == MG_UP_PIPE || u->inbuf.len == 0)) unpause(u);
     }
 }

@@ -1,5 +1,6 @@
-/* upstream.h — upstream transfers through libcurl's multi interface, driven
- * by the worker's libuv loop (uv_poll per socket, one uv_timer for curl).
+/* upstream.h — upstream transfers, driven by the worker's libuv loop: plain
+ * http:// on the native HTTP/1.1 client (upstream_h1.c), everything else on
+ * libcurl's multi interface (uv_poll per socket, one uv_timer for curl).
  *
  * A transfer reports to Lua through one queued "wake" per change; when the
  * drain runs, mg_up_deliver() hands Lua what is next in order: the response

@@ -55,7 +55,8 @@ enum {
     MG_EV_WORKER_EXIT = 103  /* posted to main: a worker's loop has ended */
 };
 
-/* Result codes of an upstream transfer, converted from CURLcode in upstream.c. */
+/* Result codes of an upstream transfer, converted from CURLcode in upstream.c
+ * (and given by the native HTTP/1.1 client in upstream_h1.c). */
 enum {
     MG_OK        = 0,
     MG_ECONNECT  = -1,   /* "connect-failure" */

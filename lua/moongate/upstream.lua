@@ -1,6 +1,7 @@
 -- moongate.upstream — one attempt at a provider, as seen from a request's
 -- coroutine. Two kinds share one interface: a real transfer through the C
--- runtime (libcurl), and the in-process mock provider (type = "mock").
+-- runtime (libcurl, or its own HTTP/1.1 client for http://), and the
+-- in-process mock provider (type = "mock").
 --
 --   att = upstream.start(ctx, spec)         spec: method, url, headers (table),
 --                                            body, timeout, connect_timeout,

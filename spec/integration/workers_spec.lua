@@ -187,7 +187,12 @@ describe("workers", function()
     helpers.write_file(gw.config_path, gw:substitute(CONFIG)
       :gsub('listen = { "127.0.0.1:%d+" }', 'listen = { "127.0.0.1:' .. other .. '" }')
       :gsub("workers = 2", "workers = 3"))
-    local status, doc = admin(gw, "POST", "/admin/reload")
+    -- the SIGHUP reload before may still be finishing on a slow machine (409: in progress)
+    local status, doc
+    helpers.wait_until(function()
+      status, doc = admin(gw, "POST", "/admin/reload")
+      return status ~= 409
+    end, 20, "the previous reload never finished")
     assert.equal(200, status)
     table.sort(doc.restart_required)
     assert.same({ "listen", "workers" }, doc.restart_required)

@@ -38,7 +38,18 @@
 --                                 default application/json)
 --   x-fake-no-length: 1           no Content-Length / chunked: the close ends the body
 --   x-fake-size: N                answer N bytes of "x" (Content-Length), written 64 KB at a
---                                 time as the reader takes them (for back-pressure tests)
+--                                 time as the reader takes them (for back-pressure tests);
+--                                 with x-fake-no-length: 1, no length and the close ends it
+--   x-fake-raw: BYTES             answer exactly BYTES, %XX-decoded (status line, headers,
+--                                 body: anything, well-formed or not); the connection then
+--                                 serves on unless x-fake-raw-close is 1 (close) or reset (RST,
+--                                 100 ms after the bytes)
+--   x-fake-pad-header: N          add X-Pad: N bytes of "p" to the answer's headers
+--   x-fake-close-after: 1         answer as usual, as if the connection stayed open, then close
+--                                 it (a server dropping an idle keep-alive connection)
+--   x-fake-drop: 1                close the connection without an answer and without
+--                                 recording the request; "reused": only on a connection
+--                                 that served a request before
 
 local socket = require "socket"
 local cjson  = require "cjson.safe"
@@ -334,6 +345,8 @@ local function respond(c, req, status, body, content_type, extra)
   if req.headers["x-fake-retry-after"] then
     headers[#headers + 1] = { "Retry-After", req.headers["x-fake-retry-after"] }
   end
+  local pad = tonumber(req.headers["x-fake-pad-header"])
+  if pad then headers[#headers + 1] = { "X-Pad", string.rep("p", pad) } end
   if extra then
     for i = 1, #extra do headers[#headers + 1] = extra[i] end
   end
@@ -482,7 +495,10 @@ local function stream(c, req, events)
     if not emit(events[i]) then return nil end
     if i == 1 then
       if close_after_first and close_after_first ~= "0" then
-        c:close(str_lower(close_after_first) == "reset")
+        local reset = str_lower(close_after_first) == "reset"
+        -- a RST drops what the peer has not read yet: give it time to read the event
+        if reset then sleep(0.1) end
+        c:close(reset)
         return nil
       end
       if hold_name then hold(hold_name) end
@@ -534,6 +550,11 @@ local function handle(c, req)
 
   -- Record before any delay or hold, so a test can see the request while the
   -- answer is pending.
+  local drop = req.headers["x-fake-drop"]
+  if drop == "1" or (drop == "reused" and (c.served or 0) > 0) then
+    c:close()
+    return nil
+  end
   if c.epoch ~= epoch then
     c.epoch = epoch
     conn_counted = conn_counted + 1
@@ -551,6 +572,18 @@ local function handle(c, req)
 
   local status = tonumber(h["x-fake-status"]) or 200
 
+  if h["x-fake-raw"] then
+    local bytes = h["x-fake-raw"]:gsub("%%(%x%x)", function(x) return string.char(tonumber(x, 16)) end)
+    if not c:send(bytes) then return nil end
+    local how = h["x-fake-raw-close"]
+    if how == "1" or how == "reset" then
+      if how == "reset" then sleep(0.1) end   -- as above: the bytes are read before the RST
+      c:close(how == "reset")
+      return nil
+    end
+    return true
+  end
+
   if h["x-fake-body"] then
     return respond(c, req, status, h["x-fake-body"], h["x-fake-content-type"] or "application/json")
   end
@@ -558,8 +591,14 @@ local function handle(c, req)
   local size = tonumber(h["x-fake-size"])
   if size then
     local piece = string.rep("x", 65536)
-    if not send_head(c, status, { { "Content-Type", "application/octet-stream" },
-                                  { "Content-Length", tostring(size) } }) then return nil end
+    local framing = { "Content-Length", tostring(size) }
+    if h["x-fake-no-length"] == "1" then
+      framing = { "Connection", "close" }
+      req.keepalive = false
+    end
+    if not send_head(c, status, { { "Content-Type", "application/octet-stream" }, framing }) then
+      return nil
+    end
     local left = size
     while left > 0 do
       local n = left < #piece and left or #piece
@@ -622,6 +661,8 @@ local function serve(c)
       break
     end
     local ok = handle(c, req)
+    c.served = (c.served or 0) + 1
+    if req.headers["x-fake-close-after"] == "1" then break end
     if not ok or not req.keepalive or c.dead then break end
   end
   c:close()
