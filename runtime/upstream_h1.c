@@ -868,8 +868,8 @@ static int header_kind(const char *p, size_t nlen, const char *v, size_t vlen)
     return H_SEND;
 }
 
-/* Appends to out (unless NULL) each line of Lua's header block that is to
- * be sent; returns the H_* flags of the lines seen. */
+/* Appends to out each line of Lua's header block that is to be sent;
+ * returns the H_* flags of the lines seen. */
 static int scan_headers(const char *headers, size_t hlen, mg_buf_t *out)
 {
     int seen = 0;
@@ -884,7 +884,7 @@ static int scan_headers(const char *headers, size_t hlen, mg_buf_t *out)
         if (header_line(p, tl, &nlen, &v, &vlen) == 0) {
             int kind = header_kind(p, nlen, v, vlen);
             seen |= kind;
-            if (kind != H_DROP && out != NULL) {
+            if (kind != H_DROP) {
                 mg_buf_append(out, p, tl);
                 mg_buf_append(out, "\r\n", 2);
             }
@@ -901,7 +901,11 @@ static void build_request(mg_up_t *u, const char *method, const h1_url_t *url,
 {
     mg_buf_t *b = &u->bout;
     int with_body = strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0;
-    int seen = scan_headers(headers, hlen, NULL);
+    /* one pass over Lua's block: the lines to send, and what they hold */
+    mg_buf_t lines;
+    mg_buf_init(&lines);
+    mg_buf_reserve(&lines, hlen + 2);
+    int seen = scan_headers(headers, hlen, &lines);
     mg_buf_init(b);
     mg_buf_reserve(b, 160 + strlen(method) + url->tlen + hlen + (with_body ? blen : 0));
     mg_buf_append(b, method, strlen(method));
@@ -912,7 +916,8 @@ static void build_request(mg_up_t *u, const char *method, const h1_url_t *url,
     if (!(seen & H_HOST)) mg_buf_appendf(b, "Host: %s\r\n", u->h1.pool->hosthdr);
     if (!(seen & H_ACCEPT)) mg_buf_append(b, "Accept: */*\r\n", 13);
     mg_buf_append(b, "Accept-Encoding: identity\r\n", 27);
-    scan_headers(headers, hlen, b);
+    mg_buf_append(b, lines.data, lines.len);
+    mg_buf_free(&lines);
     if (with_body) {
         mg_buf_appendf(b, "Content-Length: %zu\r\n", blen);
         /* libcurl's default for a body, kept so that providers see the same */
