@@ -2,9 +2,10 @@
  *
  * The event queue is how everything reaches Lua. Producers (socket reads,
  * curl callbacks, timers, and C functions Lua itself called) append to it; a
- * uv_check handle drains it once per loop iteration, after I/O, and a uv_idle
- * handle is kept running while it is non-empty so that the loop does not block
- * in poll with work waiting. */
+ * uv_check handle drains it once per loop iteration, after I/O (what was queued
+ * before the pass began: the rest waits for the next one), and a uv_idle handle
+ * is kept running while it is non-empty so that the loop does not block in poll
+ * with work waiting. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -64,7 +65,11 @@ static void drain(uv_check_t *h)
     mg_worker_t *w = h->data;
     if (w->draining_events) return;
     w->draining_events = 1;
-    while (w->ev_len > 0) {
+    /* only what was queued before this pass: what its handlers queue waits for the next
+     * iteration, after the loop has polled (with a zero timeout, the idle handle is on), so
+     * that a coroutine yielding with gw.sleep(0) lets the worker's sockets in */
+    size_t n = w->ev_len;
+    while (n-- > 0 && w->ev_len > 0) {
         mg_event_t ev = w->ev[w->ev_head];
         w->ev_head = (w->ev_head + 1) % w->ev_cap;
         w->ev_len--;
@@ -83,7 +88,7 @@ static void drain(uv_check_t *h)
         }
     }
     w->draining_events = 0;
-    uv_idle_stop(&w->idle);
+    if (w->ev_len == 0) uv_idle_stop(&w->idle);
     mg_worker_maybe_exit(w);
 }
 

@@ -197,6 +197,18 @@ function Mock:read()
   if i > 1 and req ~= nil and not gw._drained(req) then
     return nil, "client-closed", "the client went away"
   end
+  -- a real provider's events arrive through the event loop; a socket that takes every event
+  -- at once would let this loop run on and starve the worker's other requests: after 2 ms of
+  -- events in a row, the loop gets its turn (gw.sleep(0) lets it poll the sockets)
+  if req ~= nil then
+    local now = C.mg_monotonic()
+    if not self.slice then
+      self.slice = now
+    elseif now - self.slice > 0.002 then
+      gw.sleep(0)
+      self.slice = C.mg_monotonic()
+    end
+  end
   if C.mg_req_alive(req) ~= 1 then return nil, "client-closed", "the client went away" end
   self.i = i
   return ev

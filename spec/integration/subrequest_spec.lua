@@ -37,6 +37,18 @@ plugins = {
           return gw.respond(200, { res = res ~= nil, err = err })
         elseif op == "bad-url" then
           gw.http("ftp://example.com/")
+        elseif op == "spin" then
+          -- yields with gw.sleep(0) until another request says stop (or 20 s pass)
+          gw.log("warn", "spin: looping on gw.sleep(0)")
+          local t0, n = gw.now(), 0
+          while gw.shared.get("spin-stop") ~= 1 and gw.now() - t0 < 20 do
+            gw.sleep(0)
+            n = n + 1
+          end
+          return gw.respond(200, { stopped = gw.shared.get("spin-stop") == 1, yields = n })
+        elseif op == "stop" then
+          gw.shared.set("spin-stop", 1)
+          return gw.respond(200, { ok = true })
         end
       end,
       on_chunk = function(ctx, conf, chunk)
@@ -88,6 +100,19 @@ describe("gw.http", function()
     assert.is_false(doc.res)
     assert.matches("^timeout", doc.err)
     assert.truthy(require("socket").gettime() - t0 < 2.5, "the timeout did not cut the subrequest")
+  end)
+
+  it("serves other requests while one loops on gw.sleep(0)", function()
+    local spin = helpers.connect(gw.port)
+    assert.truthy(spin:send("GET /v1/x?op=spin HTTP/1.1\r\nHost: x\r\n\r\n"))
+    helpers.wait_until(function() return gw:log():find("spin: looping", 1, true) end, 10,
+      "the looping request did not start")
+    -- the same single worker must still read and answer this one, which ends the loop
+    local status = op("stop")
+    assert.equal(200, status)
+    local doc = helpers.json(helpers.read_response(spin, { timeout = 30 }))
+    assert.is_true(doc.stopped, "the loop ran out its 20 s: the stop request was not served meanwhile")
+    assert.truthy(doc.yields > 0)
   end)
 
   it("reports a refused connection and an oversized answer", function()
