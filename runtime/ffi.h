@@ -174,6 +174,36 @@ MG_EXPORT int  mg_ledger_group(int i, const char **key, size_t *klen, double *re
  * with mg_free. NULL when dir cannot be read. */
 MG_EXPORT char *mg_ledger_files(const char *dir, size_t *len);
 
+/* -- a finished request's ledger record and access log line (record.c) ---- */
+/* Filled by lua/moongate/record.lua. A string is pointer and length; NULL is
+ * JSON null. Numbers are as Lua has them: tokens are rounded here, the cost is
+ * turned into 1e-10 USD units here (the line and the aggregates from one value). */
+typedef struct mg_record {
+    const char *id, *consumer, *team, *route, *backend, *target, *provider, *model,
+               *client_model, *remote, *method, *path;
+    size_t      id_len, consumer_len, team_len, route_len, backend_len, target_len, provider_len,
+                model_len, client_model_len, remote_len, method_len, path_len;
+    double      time;                    /* wall clock at the end, seconds */
+    double      latency, ttfb;           /* seconds; ttfb only with has_ttfb */
+    double      prompt, completion, cached;
+    double      cost_usd;                /* only with has_cost (else the cost is null) */
+    uint64_t    bytes;                   /* body bytes sent to the client */
+    int         has_ttfb, has_cost;
+    int         usage;                   /* 0 none, 1 reported, 2 estimated */
+    int         status, attempts, stream;
+} mg_record_t;
+/* Encodes the record's ledger line and appends it (with the aggregates): 0, or
+ * -1 when the ledger is not open or the writer is too far behind. */
+MG_EXPORT int         mg_record_ledger(const mg_record_t *r);
+/* Encodes its access log line and writes it to the access log. */
+MG_EXPORT void        mg_record_access(const mg_record_t *r);
+/* The line the calling thread encoded last (valid until its next record call). */
+MG_EXPORT const char *mg_record_line(size_t *len);
+/* The lines alone, in the calling thread's buffer (the C tests, and Lua's ledger.encode). */
+MG_EXPORT const char *mg_record_ledger_line(const mg_record_t *r, size_t *len);
+MG_EXPORT const char *mg_record_access_line(const mg_record_t *r, size_t *len);
+MG_EXPORT int64_t     mg_record_cost_units(double cost_usd);
+
 /* -- time, sleep, logs, ids ----------------------------------------------- */
 MG_EXPORT double mg_now(void);          /* wall clock, seconds */
 MG_EXPORT double mg_monotonic(void);

@@ -91,6 +91,22 @@ int  mg_ledger_group(int i, const char **key, size_t *klen, double *requests, do
                      double *completion, double *cost_units);
 char *mg_ledger_files(const char *dir, size_t *len);
 
+typedef struct mg_record {
+  const char *id, *consumer, *team, *route, *backend, *target, *provider, *model,
+             *client_model, *remote, *method, *path;
+  size_t      id_len, consumer_len, team_len, route_len, backend_len, target_len, provider_len,
+              model_len, client_model_len, remote_len, method_len, path_len;
+  double      time, latency, ttfb, prompt, completion, cached, cost_usd;
+  uint64_t    bytes;
+  int         has_ttfb, has_cost, usage, status, attempts, stream;
+} mg_record_t;
+int         mg_record_ledger(const mg_record_t *r);
+void        mg_record_access(const mg_record_t *r);
+const char *mg_record_line(size_t *len);
+const char *mg_record_ledger_line(const mg_record_t *r, size_t *len);
+const char *mg_record_access_line(const mg_record_t *r, size_t *len);
+int64_t     mg_record_cost_units(double cost_usd);
+
 double mg_now(void);
 double mg_monotonic(void);
 int    mg_sleep(int64_t waiter, double seconds);

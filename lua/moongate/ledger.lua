@@ -1,19 +1,19 @@
 -- moongate.ledger — the cost ledger (SPEC §8), the Lua half of runtime/ledger.c.
 --
 -- Every finished request is one JSON line in <data_dir>/ledger/ledger-YYYYMMDD-HHMMSS.jsonl,
--- built here (record) and handed to the C writer thread, which batches, appends and fsyncs
+-- written by runtime/record.c (record) and handed to the C writer thread, which batches, appends and fsyncs
 -- every ledger.flush_interval and keeps the cost aggregates /admin/costs reads. At start the
 -- main thread loads the last snapshot and replays the records after it (start), before the
 -- workers run. docs/ledger.md has the record's fields, the files and the aggregates.
 --
 --   ledger.start(cfg)                  -> true | nil, err     main thread, at start
---   ledger.record(ctx, status, now, latency)                  every request (log_request)
+--   ledger.record(rec, cfg)            -> true | false        every request (log_request)
 --   ledger.each_record(since, fn [, dir]) -> n | nil, err     replay records from the files
 --   ledger.query(group_by, since, until) -> groups, since, until | nil, err
 --   ledger.totals(group_by, since [, until]) -> { [key] = sums }, exact | nil, err
 --   ledger.parse_time(v)               -> Unix seconds | nil, err
 --
--- Pure parts (encode, replay with a sink, parse_time, iso, month_start) take no C, so the unit
+-- Pure parts (replay with a sink, parse_time, iso, month_start) take no C, so the unit
 -- specs run them under plain LuaJIT.
 local ffi = require("ffi")
 local cjson = require("cjson.safe")
@@ -21,7 +21,7 @@ local mgffi = require("moongate.ffi")
 
 local C = mgffi.C
 local ffi_string = ffi.string
-local floor, format, byte = math.floor, string.format, string.byte
+local floor, format = math.floor, string.format
 local str_find, str_gsub, str_match, str_sub = string.find, string.gsub, string.match, string.sub
 local os_date = os.date
 local ipairs, tonumber, tostring, type = ipairs, tonumber, tostring, type
@@ -43,40 +43,8 @@ local state = { dir = nil, conf = nil }
 _M._state = state
 
 -- ====================== the record ======================
-
-local ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
-              ["\b"] = "\\b", ["\f"] = "\\f" }
-local function esc(c) return ESC[c] or format("\\u%04x", byte(c)) end
-
--- quote(s) -> s as a JSON string; nil -> null. Control characters, quotes and backslashes are
--- escaped; other bytes go as they are (names are UTF-8).
-local function quote_new(s)
-  if str_find(s, '[%c"\\]') then s = str_gsub(s, '[%c"\\]', esc) end
-  return '"' .. s .. '"'
-end
-
--- Names (consumers, routes, targets, models) repeat on every request: their quoted form is kept
--- (a pattern search is not compiled by the JIT). Bounded: the table starts over past 4096.
-local quoted, nquoted = {}, 0
-local function quote(s)
-  if s == nil or s == null then return "null" end
-  if type(s) ~= "string" then s = tostring(s) end
-  local q = quoted[s]
-  if q then return q end
-  q = quote_new(s)
-  if nquoted >= 4096 then quoted, nquoted = {}, 0 end
-  quoted[s] = q
-  nquoted = nquoted + 1
-  return q
-end
-_M.quote = quote
-
--- The request id is new every time (and not worth keeping): quoted afresh.
-local function quote_id(s)
-  if type(s) ~= "string" then return quote(s) end
-  return quote_new(s)
-end
-_M.quote_id = quote_id
+-- The line itself is written in C (runtime/record.c, from moongate.record's fill); what is here
+-- reads lines back: replay, the cost figures, the times.
 
 -- units(cost_usd) -> the cost in 1e-10 USD, an integer (0 for none)
 local function units(cost)
@@ -84,30 +52,6 @@ local function units(cost)
   return floor(cost * 1e10 + 0.5)
 end
 _M.units = units
-
--- decimal(units) -> "0.0009525": a cost written from its integer units, so that the line and
--- the aggregates agree to the last digit (1e-10 USD)
-local FRAC_FMT = {}
-for d = 1, 10 do FRAC_FMT[d] = "%d.%0" .. d .. "d" end
-local function decimal(u)
-  local whole = floor(u / 1e10)
-  local frac = u - whole * 1e10
-  if frac == 0 then return format("%d", whole) end
-  local digits = 10
-  while frac % 10 == 0 do   -- no trailing zeros (and no pattern: gsub is not compiled)
-    frac = frac / 10
-    digits = digits - 1
-  end
-  return format(FRAC_FMT[digits], whole, frac)
-end
-_M.decimal = decimal
-
-local function cost_json(cost)
-  if type(cost) ~= "number" or cost ~= cost then return "null" end
-  if cost <= 0 then return "0" end
-  return decimal(units(cost))
-end
-_M.cost_json = cost_json
 
 local function int(v)
   if type(v) ~= "number" or v ~= v then return 0 end
@@ -127,67 +71,6 @@ local function iso_ms(t)
 end
 _M.iso_ms = iso_ms
 
--- The keys a record is counted under (also what replay reads back from the line).
-local function model_of(ctx)
-  local t = ctx.target
-  if t and type(t.model) == "string" then return t.model end
-  local m = ctx.request and ctx.request.model
-  if type(m) == "string" then return m end
-  return nil
-end
-_M.model_of = model_of
-
-local function str_or_nil(v)
-  if type(v) == "string" then return v end
-  return nil
-end
-
--- encode(ctx, status, now, latency) -> the record's JSON line (with its newline), plus the
--- figures the aggregates count: team, consumer, model, provider, prompt, completion, cost units.
--- now: wall-clock seconds at the end of the request; latency: seconds since it arrived.
-function _M.encode(ctx, status, now, latency)
-  local consumer = ctx.consumer
-  local cname = consumer and str_or_nil(consumer.name)
-  local team = consumer and str_or_nil(consumer.team)
-  local target = ctx.target
-  local tname = target and target.name
-  local provider = target and str_or_nil(target.provider)
-  local req = ctx.request or {}
-  local model = model_of(ctx)
-  local u = ctx.usage
-  local prompt, completion, cached, how = 0, 0, 0, "none"
-  if type(u) == "table" then
-    prompt, completion, cached = int(u.prompt_tokens), int(u.completion_tokens), int(u.cached_tokens)
-    how = u.estimated and "estimated" or "reported"
-  end
-  local cost = ctx.cost_usd
-  local cu = units(cost)
-  local ttfb = ctx.timings and ctx.timings.ttfb
-  now = floor(now * 1000) / 1000   -- milliseconds: "time" and "ts" say the same
-  local line = '{"id":' .. quote_id(ctx.id) ..
-    ',"time":' .. format("%.3f", now) ..
-    ',"ts":"' .. iso_ms(now) ..
-    '","consumer":' .. quote(cname) ..
-    ',"team":' .. quote(team) ..
-    ',"route":' .. quote(ctx.route and ctx.route.name) ..
-    ',"backend":' .. quote(ctx.backend and ctx.backend.name) ..
-    ',"target":' .. quote(tname) ..
-    ',"provider":' .. quote(provider) ..
-    ',"model":' .. quote(model) ..
-    ',"client_model":' .. quote(str_or_nil(req.model)) ..
-    ',"prompt_tokens":' .. format("%d", prompt) ..
-    ',"completion_tokens":' .. format("%d", completion) ..
-    ',"cached_tokens":' .. format("%d", cached) ..
-    ',"usage":"' .. how ..
-    '","cost_usd":' .. cost_json(cost) ..
-    ',"status":' .. format("%d", status) ..
-    ',"latency_ms":' .. format("%.3f", latency * 1000) ..
-    ',"ttfb_ms":' .. (type(ttfb) == "number" and format("%.3f", ttfb * 1000) or "null") ..
-    ',"attempts":' .. format("%d", ctx.attempt or 0) ..
-    ',"stream":' .. (req.stream == true and "true" or "false") .. "}\n"
-  return line, team, cname, model, provider, prompt, completion, cu
-end
-
 local function len(s) return s and #s or 0 end
 
 -- ledger.* may change with a reload: applied when a request first sees the new config
@@ -201,18 +84,21 @@ local function configure(conf)
   C.mg_ledger_configure(flush, snap, conf.rotate_size or DEFAULTS.rotate_size)
 end
 
--- record(ctx, status, now, latency): one request into the ledger (a no-op when it is not open).
-function _M.record(ctx, status, now, latency)
-  local cfg = ctx.config
+-- record(rec, cfg): one finished request (an mg_record_t filled by moongate.record) into the
+-- ledger; false when the ledger is not open or its writer is too far behind.
+function _M.record(rec, cfg)
   local conf = cfg and cfg.ledger
   if conf ~= state.conf then configure(conf) end
-  local line, team, cname, model, provider, p, c, cu = _M.encode(ctx, status, now, latency)
+  local ok = C.mg_record_ledger(rec) == 0
   -- with cluster.redis the record also goes to a Redis stream, so cost can be read across
   -- instances (fire and forget: the local ledger stays this instance's record)
   local redis = package.loaded["moongate.redis"]
-  if redis and redis.enabled() then redis.xadd("ledger", { "record", line }) end
-  return C.mg_ledger_append(line, #line, now, team, len(team), cname, len(cname), model, len(model),
-    provider, len(provider), p, c, cu) == 0
+  if redis and redis.enabled() then
+    local n = mgffi.sz1
+    local p = C.mg_record_line(n)
+    redis.xadd("ledger", { "record", ffi_string(p, n[0]) })
+  end
+  return ok
 end
 
 -- ====================== files ======================

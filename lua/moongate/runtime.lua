@@ -618,14 +618,14 @@ local function proxy(ctx, chain)
 end
 
 local ledger = require("moongate.ledger")
-local access_log = require("moongate.access_log")
+local record = require("moongate.record")
+
+local rec = ffi.new("mg_record_t")   -- filled afresh for every request (one coroutine at a time)
 
 local function write_records(ctx, status, wall, dur, r)
-  ledger.record(ctx, status, wall, dur)
-  if state.access_log then
-    local line = access_log.line(ctx, status, wall, dur, tonumber(C.mg_resp_bytes(r)))
-    C.mg_access_write(line, #line)
-  end
+  record.fill(rec, ctx, status, wall, dur, C.mg_resp_bytes(r))
+  ledger.record(rec, ctx.config)
+  if state.access_log then C.mg_record_access(rec) end
 end
 
 local function log_request(ctx)
@@ -642,7 +642,7 @@ local function log_request(ctx)
   metrics.add("moongate_requests_total", metrics.request_labels(route, backend, target, status), 1)
   metrics.observe("moongate_request_duration_seconds", "", dur)
   if ctx.timings.ttfb then metrics.observe("moongate_upstream_ttfb_seconds", "", ctx.timings.ttfb) end
-  -- one ledger record and one access log line, both JSON (moongate.ledger, moongate.access_log);
+  -- one ledger record and one access log line, both JSON (moongate.record, runtime/record.c);
   -- an error here must not keep the request from being released
   local ok, err = pcall(write_records, ctx, status, C.mg_now(), dur, r)
   if not ok then gw.log("error", "ledger/access log: " .. tostring(err)) end

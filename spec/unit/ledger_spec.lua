@@ -1,8 +1,9 @@
--- moongate.ledger without the C half: the record's line, time parsing, replay of the files
--- (snapshot position, torn and damaged lines), each_record, and the access log line.
--- runtime/ledger.c's buckets, aggregates, writer and snapshots: spec/c/test_ledger.c.
+-- moongate.ledger without the C half: what a request's record is filled with (moongate.record),
+-- time parsing, replay of the files (snapshot position, torn and damaged lines), each_record.
+-- runtime/ledger.c's buckets, aggregates, writer and snapshots: spec/c/test_ledger.c; the
+-- ledger and access log lines written from a record (runtime/record.c): spec/c/test_record.c.
 local ledger = require("moongate.ledger")
-local access_log = require("moongate.access_log")
+local record = require("moongate.record")
 local cjson = require("cjson.safe")
 
 local function tmpdir()
@@ -50,78 +51,57 @@ end
 
 local NOW = 1767225600.25   -- 2026-01-01T00:00:00.250Z
 
-describe("ledger record", function()
-  it("is one JSON line with every field", function()
-    local line, team, consumer, model, provider, p, c, u = ledger.encode(ctx_of(), 200, NOW, 0.0456)
-    assert.equal("\n", line:sub(-1))
-    assert.is_nil(line:sub(1, -2):find("\n", 1, true))
-    local r = assert(cjson.decode(line))
-    assert.same({
-      id = "req-1", time = 1767225600.25, ts = "2026-01-01T00:00:00.250Z", consumer = "alice",
-      team = "search", route = "chat", backend = "main", target = "openai/gpt-4o", provider = "openai",
-      model = "gpt-4o", client_model = "gpt-4o-client", prompt_tokens = 11, completion_tokens = 29,
-      cached_tokens = 3, usage = "reported", cost_usd = 0.0003175, status = 200, latency_ms = 45.6,
-      ttfb_ms = 12.3, attempts = 2, stream = false,
-    }, r)
-    assert.same({ "search", "alice", "gpt-4o", "openai", 11, 29, 3175000 },
-                { team, consumer, model, provider, p, c, u })
-  end)
+describe("a request's record", function()
+  local function fill(ctx, status, latency, bytes)
+    return record.fill({}, ctx, status or 200, NOW, latency or 0, bytes)
+  end
 
-  it("writes costs as plain decimals, without float noise", function()
-    local line = ledger.encode(ctx_of({ cost_usd = 0.1 + 0.2 }), 200, NOW, 0)
-    assert.truthy(line:find('"cost_usd":0.3,', 1, true), line)
-    line = ledger.encode(ctx_of({ cost_usd = 0.0009525 }), 200, NOW, 0)
-    assert.truthy(line:find('"cost_usd":0.0009525,', 1, true), line)
-    line = ledger.encode(ctx_of({ cost_usd = 12 }), 200, NOW, 0)
-    assert.truthy(line:find('"cost_usd":12,', 1, true), line)
-    line = ledger.encode(ctx_of({ cost_usd = 0 }), 200, NOW, 0)
-    assert.truthy(line:find('"cost_usd":0,', 1, true), line)
-    assert.equal("0.0000000001", ledger.decimal(1))
-    assert.equal("1.5", ledger.decimal(15000000000))
-    assert.equal(9525000, ledger.units(0.0009525))
+  it("holds every figure of the ledger line and the access log line", function()
+    local r = fill(ctx_of(), 200, 0.0456, 445)
+    assert.same({
+      id = "req-1", id_len = 5, consumer = "alice", consumer_len = 5, team = "search", team_len = 6,
+      route = "chat", route_len = 4, backend = "main", backend_len = 4,
+      target = "openai/gpt-4o", target_len = 13, provider = "openai", provider_len = 6,
+      model = "gpt-4o", model_len = 6, client_model = "gpt-4o-client", client_model_len = 13,
+      remote = "127.0.0.1", remote_len = 9, method = "POST", method_len = 4,
+      path = "/v1/chat/completions", path_len = 20,
+      time = NOW, latency = 0.0456, ttfb = 0.0123, has_ttfb = 1,
+      usage = 1, prompt = 11, completion = 29, cached = 3, cost_usd = 0.0003175, has_cost = 1,
+      bytes = 445, status = 200, attempts = 2, stream = 0,
+    }, r)
   end)
 
   it("says when usage was estimated, and when there was none", function()
-    local r = cjson.decode((ledger.encode(ctx_of({ usage = { prompt_tokens = 5, completion_tokens = 7,
-      estimated = true } }), 200, NOW, 0)))
-    assert.equal("estimated", r.usage)
-    assert.equal(0, r.cached_tokens)
-    local line, _, _, _, _, p, c, u = ledger.encode(ctx_of({ usage = false, cost_usd = false }), 401, NOW, 0)
-    r = cjson.decode(line)
-    assert.equal("none", r.usage)
-    assert.same({ 0, 0, 0 }, { r.prompt_tokens, r.completion_tokens, p + c + u })
-    assert.equal(cjson.null, r.cost_usd)   -- cost unknown (no cost plugin)
+    local r = fill(ctx_of({ usage = { prompt_tokens = 5, completion_tokens = 7, estimated = true } }))
+    assert.same({ 2, 5, 7, 0 }, { r.usage, r.prompt, r.completion, r.cached })
+    r = fill(ctx_of({ usage = false, cost_usd = false }), 401)
+    assert.same({ 0, 0, 0, 0, 0, 401 }, { r.usage, r.prompt, r.completion, r.cached, r.has_cost, r.status })
+    r = fill(ctx_of({ cost_usd = 0 / 0 }))
+    assert.equal(0, r.has_cost)            -- NaN is no cost: null, never "nan"
   end)
 
-  it("writes null for what a request did not get to", function()
+  it("has nothing (NULL) for what a request did not get to", function()
     local ctx = { id = "x", request = { model = "m", stream = true }, attempt = 0, timings = { start = 1 } }
-    local line, team, consumer, model, provider = ledger.encode(ctx, 499, NOW, 0.001)
-    local r = cjson.decode(line)
-    for _, k in ipairs({ "consumer", "team", "route", "backend", "target", "provider", "cost_usd", "ttfb_ms" }) do
-      assert.equal(cjson.null, r[k], k)
+    local r = fill(ctx, 499, 0.001)
+    for _, k in ipairs({ "consumer", "team", "route", "backend", "target", "provider" }) do
+      assert.is_nil(r[k], k)
+      assert.equal(0, r[k .. "_len"], k)
     end
     assert.equal("m", r.model)            -- no target: the client's model
-    assert.is_true(r.stream)
-    assert.equal(499, r.status)
-    assert.same({ nil, nil, "m", nil }, { team, consumer, model, provider })
+    assert.same({ 1, 499, 0, 0 }, { r.stream, r.status, r.has_ttfb, r.bytes })
   end)
 
   it("keeps the client's model when the target sends it as is (model = false)", function()
-    local ctx = ctx_of({ target = { name = "p", provider = "p", model = false } })
-    assert.equal("gpt-4o-client", cjson.decode((ledger.encode(ctx, 200, NOW, 0))).model)
+    local r = fill(ctx_of({ target = { name = "p", provider = "p", model = false } }))
+    assert.equal("gpt-4o-client", r.model)
   end)
 
-  it("escapes what would break the line", function()
-    local nasty = 'a"b\\c\nd\re\tf\1g\127h' .. "é"
-    local ctx = ctx_of({ id = nasty, consumer = { name = nasty, team = "t" } })
-    local line = ledger.encode(ctx, 200, NOW, 0)
-    assert.is_nil(line:sub(1, -2):find("[\n\r]"))
-    local r = assert(cjson.decode(line))
-    assert.equal(nasty, r.id)
-    assert.equal(nasty, r.consumer)
-    assert.equal('"x\\u0001"', ledger.quote("x\1"))
-    assert.equal("null", ledger.quote(nil))
-    assert.equal('"12"', ledger.quote(12))
+  it("writes names that are not strings as text, and a team that is not one as none", function()
+    local r = fill(ctx_of({ id = 42, route = { name = 7 }, consumer = { name = "c", team = cjson.null } }))
+    assert.same({ "42", 2, "7", 1 }, { r.id, r.id_len, r.route, r.route_len })
+    assert.is_nil(r.team)
+    r = fill(ctx_of({ route = { name = cjson.null } }))
+    assert.is_nil(r.route)
   end)
 end)
 
@@ -290,31 +270,6 @@ describe("ledger.each_record", function()
     local none, err = ledger.each_record("soon", function() end, d)
     assert.is_nil(none)
     assert.matches("since: expected Unix seconds", err)
-  end)
-end)
-
-describe("access log line", function()
-  it("is one JSON object with the request's figures and no secrets", function()
-    local line = access_log.line(ctx_of(), 200, NOW, 0.0456, 445)
-    assert.equal("\n", line:sub(-1))
-    local r = assert(cjson.decode(line))
-    assert.same({
-      time = "2026-01-01T00:00:00.250Z", id = "req-1", remote = "127.0.0.1", method = "POST",
-      path = "/v1/chat/completions", consumer = "alice", team = "search", route = "chat",
-      target = "openai/gpt-4o", model = "gpt-4o", status = 200, attempts = 2, prompt_tokens = 11,
-      completion_tokens = 29, cost_usd = 0.0003175, bytes = 445, latency_ms = 45.6, ttfb_ms = 12.3,
-    }, r)
-    assert.is_nil(line:find("secret", 1, true))
-  end)
-
-  it("writes null and zeros for a request that got nowhere", function()
-    local r = cjson.decode(access_log.line({ id = "x", request = { method = "GET", path = "/nope",
-      remote = "::1" }, timings = { start = 0 } }, 404, NOW, 0.001, 0))
-    assert.equal(cjson.null, r.consumer)
-    assert.equal(cjson.null, r.cost_usd)
-    assert.equal(0, r.prompt_tokens)
-    assert.equal(0, r.attempts)
-    assert.equal(404, r.status)
   end)
 end)
 
