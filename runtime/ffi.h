@@ -199,7 +199,7 @@ MG_EXPORT int         mg_record_ledger(const mg_record_t *r);
 MG_EXPORT void        mg_record_access(const mg_record_t *r);
 /* The line the calling thread encoded last (valid until its next record call). */
 MG_EXPORT const char *mg_record_line(size_t *len);
-/* The lines alone, in the calling thread's buffer (the C tests, and Lua's ledger.encode). */
+/* The lines alone, in the calling thread's buffer (what the two above write; the C tests). */
 MG_EXPORT const char *mg_record_ledger_line(const mg_record_t *r, size_t *len);
 MG_EXPORT const char *mg_record_access_line(const mg_record_t *r, size_t *len);
 MG_EXPORT int64_t     mg_record_cost_units(double cost_usd);

@@ -20,14 +20,18 @@
 #include "buf.h"
 #include "ffi.h"
 #include "ledger.h"
+#include "record.h"
 
 static __thread mg_buf_t line;
 static __thread int64_t  iso_sec = INT64_MIN;   /* the second iso_date was made for */
 static __thread char     iso_date[20];          /* "YYYY-MM-DDTHH:MM:SS" */
 
-static void put(const char *s, size_t n)
+/* every line starts with a reserve that fits a usual one: this stays a memcpy */
+static inline void put(const char *s, size_t n)
 {
-    mg_buf_append(&line, s, n);
+    if (line.len + n > line.cap) mg_buf_reserve(&line, n);
+    memcpy(line.data + line.len, s, n);
+    line.len += n;
 }
 
 #define PUT(lit) put(lit, sizeof(lit) - 1)
@@ -303,4 +307,9 @@ const char *mg_record_line(size_t *len)
 {
     *len = line.len;
     return line.data;
+}
+
+void mg_record_thread_done(void)
+{
+    mg_buf_free(&line);
 }

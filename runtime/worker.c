@@ -19,6 +19,7 @@
 
 #include "ffi.h"
 #include "log.h"
+#include "record.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -431,6 +432,7 @@ void mg_worker_close(mg_worker_t *w)
     w->inbox_open = 0;                 /* no post can touch the async from here on */
     pthread_mutex_unlock(&w->inbox_mu);
     mg_lua_close(w);
+    mg_record_thread_done();
     mg_multi_close(w);
     uv_walk(&w->loop, close_walk, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);

@@ -81,8 +81,20 @@ function _M.duration(s)
   if ms < 1000 then return ms .. "ms" end
   local h = floor(ms / 3600000)
   local m = floor((ms % 3600000) / 60000)
-  local rest = (ms % 60000) / 1000
-  local secs = format("%.3f", rest):gsub("0+$", ""):gsub("%.$", "")
+  -- the seconds from integer milliseconds, without trailing zeros (every answer of a limited
+  -- route carries one of these: no pattern, which the JIT does not compile)
+  local rest = ms % 60000
+  local whole, frac = floor(rest / 1000), rest % 1000
+  local secs
+  if frac == 0 then
+    secs = format("%d", whole)
+  elseif frac % 100 == 0 then
+    secs = format("%d.%d", whole, frac / 100)
+  elseif frac % 10 == 0 then
+    secs = format("%d.%02d", whole, frac / 10)
+  else
+    secs = format("%d.%03d", whole, frac)
+  end
   if h > 0 then return format("%dh%dm%ss", h, m, secs) end
   if m > 0 then return format("%dm%ss", m, secs) end
   return secs .. "s"
@@ -92,8 +104,30 @@ end
 -- window index). scope: "global", "route:NAME" or "backend:NAME" (where the rule is listed). The
 -- limit is not in it, so a reload that changes a limit keeps the counts.
 function _M.rule_key(scope, rule, subject)
-  return "rl:" .. scope .. ":" .. rule.name .. ":" .. rule.by .. ":" .. rule.kind .. ":" ..
-    tostring(rule.window) .. ":" .. subject
+  local prefix = rule._key_prefix
+  if rule._key_scope ~= scope or not prefix then   -- made once per rule (a rule has one scope)
+    prefix = "rl:" .. scope .. ":" .. rule.name .. ":" .. rule.by .. ":" .. rule.kind .. ":" ..
+      tostring(rule.window) .. ":"
+    rule._key_prefix, rule._key_scope = prefix, scope
+  end
+  return prefix .. subject
+end
+
+-- window_keys(base, idx) -> the keys of window idx and of the one before; kept per base while
+-- its window lasts, so that a request does not turn numbers into strings (bounded: the table
+-- starts over past 4096 bases, as with one per client address)
+local wkeys, nwkeys = {}, 0
+local function window_keys(base, idx)
+  local e = wkeys[base]
+  if e and e.idx == idx then return e.curr, e.prev end
+  if not e then
+    if nwkeys >= 4096 then wkeys, nwkeys = {}, 0 end
+    e = {}
+    wkeys[base] = e
+    nwkeys = nwkeys + 1
+  end
+  e.idx, e.curr, e.prev = idx, base .. ":" .. idx, base .. ":" .. (idx - 1)
+  return e.curr, e.prev
 end
 
 function _M.new(store, clock)
@@ -116,11 +150,11 @@ end
 function L:admit(base, n, limit, size, burst)
   local store = self.store
   local idx, elapsed = _M.window(self.clock(), size)
-  local prev = store.get(base .. ":" .. (idx - 1))
+  local key, prev_key = window_keys(base, idx)
+  local prev = store.get(prev_key)
   if type(prev) ~= "number" then prev = 0 end
   local a = allowance(limit, burst, prev)
   local cap = a - prev * (1 - elapsed / size)
-  local key = base .. ":" .. idx
   local ok, rem = store.reserve(key, n, cap, 2 * size + 1)
   if ok == nil then
     return true, { key = nil, limit = limit, used = 0, remaining = limit, reset = 0, error = rem }
