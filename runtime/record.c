@@ -184,12 +184,22 @@ static void put_cost(const mg_record_t *r)
 
 static const char *const USAGE[] = { "none", "reported", "estimated" };
 
+static int usage_of(const mg_record_t *r)
+{
+    return r->usage >= 0 && r->usage <= 2 ? r->usage : 0;
+}
+
+/* a token count as the lines and the aggregates have it: rounded, 0 without usage */
+static int64_t tokens(const mg_record_t *r, double v)
+{
+    return usage_of(r) ? round_int(v) : 0;
+}
+
 const char *mg_record_ledger_line(const mg_record_t *r, size_t *len)
 {
     mg_buf_reset(&line);
     mg_buf_reserve(&line, 640);
     int64_t ms = (int64_t)floor(r->time * 1000);   /* "time" and "ts" say the same millisecond */
-    int usage = r->usage >= 0 && r->usage <= 2 ? r->usage : 0;
     PUT("{\"id\":");
     STR(r, id);
     PUT(",\"time\":");
@@ -213,13 +223,13 @@ const char *mg_record_ledger_line(const mg_record_t *r, size_t *len)
     PUT(",\"client_model\":");
     STR(r, client_model);
     PUT(",\"prompt_tokens\":");
-    put_int(usage ? round_int(r->prompt) : 0);
+    put_int(tokens(r, r->prompt));
     PUT(",\"completion_tokens\":");
-    put_int(usage ? round_int(r->completion) : 0);
+    put_int(tokens(r, r->completion));
     PUT(",\"cached_tokens\":");
-    put_int(usage ? round_int(r->cached) : 0);
+    put_int(tokens(r, r->cached));
     PUT(",\"usage\":\"");
-    put(USAGE[usage], strlen(USAGE[usage]));
+    put(USAGE[usage_of(r)], strlen(USAGE[usage_of(r)]));
     PUT("\",\"cost_usd\":");
     put_cost(r);
     PUT(",\"status\":");
@@ -242,7 +252,6 @@ const char *mg_record_access_line(const mg_record_t *r, size_t *len)
 {
     mg_buf_reset(&line);
     mg_buf_reserve(&line, 512);
-    int usage = r->usage >= 0 && r->usage <= 2 ? r->usage : 0;
     PUT("{\"time\":");
     put_iso(round_int(r->time * 1000));
     PUT(",\"id\":");
@@ -268,9 +277,9 @@ const char *mg_record_access_line(const mg_record_t *r, size_t *len)
     PUT(",\"attempts\":");
     put_int(r->attempts);
     PUT(",\"prompt_tokens\":");
-    put_int(usage ? round_int(r->prompt) : 0);
+    put_int(tokens(r, r->prompt));
     PUT(",\"completion_tokens\":");
-    put_int(usage ? round_int(r->completion) : 0);
+    put_int(tokens(r, r->completion));
     PUT(",\"cost_usd\":");
     put_cost(r);
     PUT(",\"bytes\":");
@@ -288,11 +297,10 @@ int mg_record_ledger(const mg_record_t *r)
 {
     size_t n;
     const char *l = mg_record_ledger_line(r, &n);
-    int usage = r->usage >= 0 && r->usage <= 2 ? r->usage : 0;
     return mg_ledger_append(l, n, r->time, r->team, r->team_len, r->consumer, r->consumer_len,
                             r->model, r->model_len, r->provider, r->provider_len,
-                            usage ? (double)round_int(r->prompt) : 0,
-                            usage ? (double)round_int(r->completion) : 0,
+                            (double)tokens(r, r->prompt),
+                            (double)tokens(r, r->completion),
                             r->has_cost ? (double)mg_record_cost_units(r->cost_usd) : 0);
 }
 

@@ -43,26 +43,29 @@ static mg_record_t full(void)
     return r;
 }
 
+/* a line as a C string (the buffer it is in is reused by the next call) */
+static const char *as_string(const char *l, size_t n)
+{
+    static char out[2048];
+    CHECK(n < sizeof out);
+    if (n >= sizeof out) n = sizeof out - 1;
+    memcpy(out, l, n);
+    out[n] = '\0';
+    return out;
+}
+
 static const char *ledger_line(const mg_record_t *r)
 {
     size_t n;
     const char *l = mg_record_ledger_line(r, &n);
-    static char out[2048];
-    CHECK(n < sizeof out);
-    memcpy(out, l, n);
-    out[n] = '\0';
-    return out;
+    return as_string(l, n);
 }
 
 static const char *access_line(const mg_record_t *r)
 {
     size_t n;
     const char *l = mg_record_access_line(r, &n);
-    static char out[2048];
-    CHECK(n < sizeof out);
-    memcpy(out, l, n);
-    out[n] = '\0';
-    return out;
+    return as_string(l, n);
 }
 
 /* the "cost_usd" of a record with that cost */
