@@ -84,6 +84,48 @@ void mg_buf_appendf(mg_buf_t *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+void mg_buf_json_string(mg_buf_t *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (s == NULL) {
+        mg_buf_append(b, "null", 4);
+        return;
+    }
+    mg_buf_reserve(b, n + 2);
+    b->data[b->len++] = '"';
+    size_t run = 0;   /* bytes that go as they are, not yet copied */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
+            run++;
+            continue;
+        }
+        mg_buf_append(b, s + i - run, run);
+        run = 0;
+        char esc[6] = { '\\', 0, 0, 0, 0, 0 };
+        size_t el = 2;
+        switch (c) {
+        case '"':  esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            el = 6;
+        }
+        mg_buf_append(b, esc, el);
+    }
+    mg_buf_append(b, s + n - run, run);
+    mg_buf_append(b, "\"", 1);
+}
+
 void mg_buf_consume(mg_buf_t *b, size_t n)
 {
     if (n >= b->len) {

@@ -22,6 +22,9 @@ void  mg_buf_reserve(mg_buf_t *b, size_t extra);
 void  mg_buf_append(mg_buf_t *b, const void *data, size_t len);
 void  mg_buf_appendf(mg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void  mg_buf_consume(mg_buf_t *b, size_t n);   /* drop n bytes from the front */
+/* s (n bytes) as a JSON string: quotes, backslashes and control characters (and DEL)
+ * escaped, other bytes as they are (names are UTF-8); NULL as null. */
+void  mg_buf_json_string(mg_buf_t *b, const char *s, size_t n);
 static inline void mg_buf_reset(mg_buf_t *b) { b->len = 0; }
 
 void *mg_xmalloc(size_t n);

@@ -144,14 +144,6 @@ MG_EXPORT void mg_ledger_configure(double flush_interval, double snapshot_interv
 /* Starts the writer thread once the snapshot is loaded and the records after
  * it replayed; snapshot_now: write a snapshot at its first flush. */
 MG_EXPORT int  mg_ledger_start(int snapshot_now, char *err, size_t errlen);
-/* Any thread: one record — its JSON line (a newline is added when missing)
- * and the figures the aggregates count. A key may be NULL (none). cost_units
- * is the cost in 1e-10 USD. 0, or -1 when the ledger is not open or the
- * writer is too far behind (the record is dropped, and logged). */
-MG_EXPORT int  mg_ledger_append(const char *line, size_t len, double time, const char *team,
-                                size_t tl, const char *consumer, size_t cl, const char *model,
-                                size_t ml, const char *provider, size_t pl, double prompt,
-                                double completion, double cost_units);
 /* Replay at start: the same figures into the aggregates, no line written. */
 MG_EXPORT int  mg_ledger_count(double time, const char *team, size_t tl, const char *consumer,
                                size_t cl, const char *model, size_t ml, const char *provider,
@@ -209,7 +201,6 @@ MG_EXPORT double mg_now(void);          /* wall clock, seconds */
 MG_EXPORT double mg_monotonic(void);
 MG_EXPORT int    mg_sleep(int64_t waiter, double seconds);
 MG_EXPORT void   mg_log_write(int level, const char *msg, size_t len);
-MG_EXPORT void   mg_access_write(const char *line, size_t len);
 MG_EXPORT void   mg_request_id(char out[33]);   /* 32 hex chars + NUL */
 MG_EXPORT int    mg_stopping(void);
 

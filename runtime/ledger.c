@@ -535,27 +535,6 @@ static int write_out(mg_buf_t *out, uint64_t rotate_bytes)
     return rc;
 }
 
-static void put_json_string(FILE *f, const char *s, size_t n)
-{
-    if (s == NULL) {
-        fputs("null", f);
-        return;
-    }
-    fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            fputc('\\', f);
-            fputc(c, f);
-        } else if (c < 0x20 || c == 0x7f) {
-            fprintf(f, "\\u%04x", c);
-        } else {
-            fputc(c, f);
-        }
-    }
-    fputc('"', f);
-}
-
 static const char *const DIM_NAMES[NDIMS] = { "team", "consumer", "model", "provider" };
 
 /* snapshot.json: a header line, then one line per bucket:
@@ -577,14 +556,19 @@ static int write_snapshot(const agg_t *aggs, size_t n, char **keys, const uint32
     }
     fprintf(f, "{\"version\":1,\"file\":\"%s\",\"offset\":%llu,\"time\":%lld,\"buckets\":%zu}\n",
             G.file, (unsigned long long)G.size, (long long)wall(), n);
+    mg_buf_t key;
+    mg_buf_init(&key);
     for (size_t j = 0; j < n; j++) {
         const agg_t *a = &aggs[j];
         fprintf(f, "[\"%s\",", DIM_NAMES[a->dim]);
-        put_json_string(f, keys[a->key], klens[a->key]);
+        mg_buf_reset(&key);
+        mg_buf_json_string(&key, keys[a->key], klens[a->key]);
+        fwrite(key.data, 1, key.len, f);
         fprintf(f, ",%d,%lld,%lld,%lld,%lld,%lld]\n", a->level, (long long)a->start,
                 (long long)a->requests, (long long)a->prompt, (long long)a->completion,
                 (long long)a->cost);
     }
+    mg_buf_free(&key);
     int bad = fflush(f) != 0 || ferror(f) || fsync(fileno(f)) != 0;
     if (fclose(f) != 0) bad = 1;
     if (bad || rename(tmp, path) != 0) {

@@ -1,10 +1,20 @@
-/* ledger.h — the parts of the cost ledger (ledger.c) only C uses: the clean
- * stop, and the bucket arithmetic the C unit tests check. What Lua calls is in
- * ffi.h (mg_ledger_*). */
+/* ledger.h — the parts of the cost ledger (ledger.c) only C uses: the append
+ * (record.c), the clean stop, and the bucket arithmetic the C unit tests
+ * check. What Lua calls is in ffi.h (mg_ledger_*). */
 #ifndef MG_LEDGER_H
 #define MG_LEDGER_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/* Any thread: one record (record.c hands each request's over) — its JSON
+ * line (a newline is added when missing) and the figures the aggregates count. A key may be NULL (none). cost_units
+ * is the cost in 1e-10 USD. 0, or -1 when the ledger is not open or the
+ * writer is too far behind (the record is dropped, and logged). */
+int     mg_ledger_append(const char *line, size_t len, double time, const char *team,
+                         size_t tl, const char *consumer, size_t cl, const char *model,
+                         size_t ml, const char *provider, size_t pl, double prompt,
+                         double completion, double cost_units);
 
 /* Bucket sizes of the aggregates, finest first. */
 enum { MG_LEDGER_HOUR = 0, MG_LEDGER_DAY = 1, MG_LEDGER_MONTH = 2 };

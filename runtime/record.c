@@ -20,6 +20,7 @@
 #include "buf.h"
 #include "ffi.h"
 #include "ledger.h"
+#include "log.h"
 #include "record.h"
 
 static __thread mg_buf_t line;
@@ -104,48 +105,7 @@ static void put_units(int64_t u)
     put(digits, n);
 }
 
-static void put_str(const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    if (s == NULL) {
-        PUT("null");
-        return;
-    }
-    PUT("\"");
-    size_t run = 0;   /* bytes that go as they are, not yet copied */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
-            run++;
-            continue;
-        }
-        put(s + i - run, run);
-        run = 0;
-        char esc[6] = { '\\', 0, 0, 0, 0, 0 };
-        size_t el = 2;
-        switch (c) {
-        case '"':  esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        default:
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            el = 6;
-        }
-        put(esc, el);
-    }
-    put(s + n - run, run);
-    PUT("\"");
-}
-
-#define STR(r, f) put_str((r)->f, (r)->f##_len)
+#define STR(r, f) mg_buf_json_string(&line, (r)->f, (r)->f##_len)
 
 /* "2026-01-01T00:00:00.250Z" for a count of milliseconds since the epoch; the part up to the
  * second is made once per second */
@@ -308,7 +268,7 @@ void mg_record_access(const mg_record_t *r)
 {
     size_t n;
     const char *l = mg_record_access_line(r, &n);
-    mg_access_write(l, n);
+    mg_access_log_write(l, n);
 }
 
 const char *mg_record_line(size_t *len)

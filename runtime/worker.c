@@ -147,11 +147,6 @@ void mg_log_write(int level, const char *msg, size_t len)
     mg_log_line(level, msg, len);
 }
 
-void mg_access_write(const char *line, size_t len)
-{
-    mg_access_log_write(line, len);
-}
-
 /* Request ids: 128 random bits from a per-thread xorshift seeded by the
  * kernel. Unpredictability is not needed, uniqueness across restarts is. */
 void mg_request_id(char out[33])

@@ -77,10 +77,6 @@ int  mg_jws_verify(int alg, const void *k1, size_t k1len, const void *k2, size_t
 int  mg_ledger_open(const char *data_dir, char *err, size_t errlen);
 void mg_ledger_configure(double flush_interval, double snapshot_interval, double rotate_bytes);
 int  mg_ledger_start(int snapshot_now, char *err, size_t errlen);
-int  mg_ledger_append(const char *line, size_t len, double time, const char *team, size_t tl,
-                      const char *consumer, size_t cl, const char *model, size_t ml,
-                      const char *provider, size_t pl, double prompt, double completion,
-                      double cost_units);
 int  mg_ledger_count(double time, const char *team, size_t tl, const char *consumer, size_t cl,
                      const char *model, size_t ml, const char *provider, size_t pl,
                      double prompt, double completion, double cost_units);
@@ -111,7 +107,6 @@ double mg_now(void);
 double mg_monotonic(void);
 int    mg_sleep(int64_t waiter, double seconds);
 void   mg_log_write(int level, const char *msg, size_t len);
-void   mg_access_write(const char *line, size_t len);
 void   mg_request_id(char out[33]);
 int    mg_stopping(void);
 

@@ -1,10 +1,10 @@
 -- moongate.ledger — the cost ledger (SPEC §8), the Lua half of runtime/ledger.c.
 --
 -- Every finished request is one JSON line in <data_dir>/ledger/ledger-YYYYMMDD-HHMMSS.jsonl,
--- written by runtime/record.c (record) and handed to the C writer thread, which batches, appends and fsyncs
--- every ledger.flush_interval and keeps the cost aggregates /admin/costs reads. At start the
--- main thread loads the last snapshot and replays the records after it (start), before the
--- workers run. docs/ledger.md has the record's fields, the files and the aggregates.
+-- written by runtime/record.c (record) and handed to the C writer thread, which batches,
+-- appends and fsyncs every ledger.flush_interval and keeps the cost aggregates /admin/costs
+-- reads. At start the main thread loads the last snapshot and replays the records after it
+-- (start), before the workers run. docs/ledger.md has the record's fields, the files and the aggregates.
 --
 --   ledger.start(cfg)                  -> true | nil, err     main thread, at start
 --   ledger.record(rec, cfg)            -> true | false        every request (log_request)

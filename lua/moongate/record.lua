@@ -1,7 +1,7 @@
 -- moongate.record — what a finished request leaves behind: its ledger record (SPEC §8) and its
 -- access log line (SPEC §2 `access_log`). fill() copies the figures from ctx into one
--- mg_record_t; runtime/record.c writes both JSON lines from it (docs/ledger.md has the record's
--- fields, docs/reference.md the access log's). The lines are built in C: they are made on
+-- mg_record_t; runtime/record.c writes both JSON lines from it (docs/ledger.md has the fields of
+-- both). The lines are built in C: they are made on
 -- every request, and in Lua they were the largest single cost of one.
 --
 --   record.fill(rec, ctx, status, now, latency, bytes) -> rec
