@@ -6,6 +6,8 @@
 #
 #   bench/callgrind.sh [TEMPLATE]      default bench/moongate-plugins.lua.in
 #   CG_DURATION=15 CG_CONNECTIONS=4    knobs; MOONGATE_BIN, MOONGATE_HOME as for the gateway
+#   CG_TARGET=nginx bench/callgrind.sh the same count for nginx proxy_pass (bench/nginx-proxy.conf.in,
+#                                      one process: master_process off), the bar to compare with
 #
 # Prints "requests=N instructions=I per_request=I/N" and keeps the callgrind file (for
 # callgrind_annotate) in bench/results/callgrind-<UTC timestamp>.out. Never run in CI.
@@ -42,10 +44,20 @@ fill() {
 }
 fill "$BENCH_DIR/nginx-upstream.conf.in" "$TMP/upstream.conf"
 fill "$TEMPLATE" "$TMP/moongate.lua"
+sed -e "s|@TMP@|$TMP|g" -e "s|@UP_PORT@|$UP_PORT|g" -e "s|@PROXY_PORT@|$MG_PORT|g" \
+    "$BENCH_DIR/nginx-proxy.conf.in" > "$TMP/proxy.conf"
+mkdir -p "$TMP/proxy-tmp"
 
 taskset -c 1 nginx -p "$TMP" -c "$TMP/upstream.conf" -e "$TMP/upstream-error.log"
-taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.out" \
-    "$MOONGATE" -c "$TMP/moongate.lua" > "$TMP/moongate.log" 2>&1 &
+if [[ ${CG_TARGET:-moongate} == nginx ]]; then
+    TEMPLATE=$BENCH_DIR/nginx-proxy.conf.in
+    taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.out" \
+        nginx -p "$TMP" -c "$TMP/proxy.conf" -e "$TMP/proxy-error.log" \
+        -g 'daemon off; master_process off;' > "$TMP/moongate.log" 2>&1 &
+else
+    taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.out" \
+        "$MOONGATE" -c "$TMP/moongate.lua" > "$TMP/moongate.log" 2>&1 &
+fi
 MG_PID=$!
 PIDS+=("$MG_PID")
 

@@ -76,12 +76,24 @@ MG_EXPORT int      mg_up_watch(mg_up_t *u, double first_byte, double idle);
 MG_EXPORT void     mg_up_free(mg_up_t *u);      /* aborts if running; no event follows */
 
 /* -- JSON bodies (json.c) ------------------------------------------------ */
+enum {
+    MG_USAGE_PROMPT, MG_USAGE_COMPLETION, MG_USAGE_TOTAL,          /* OpenAI */
+    MG_USAGE_INPUT, MG_USAGE_OUTPUT, MG_USAGE_CACHE_READ, MG_USAGE_CACHE_CREATION,  /* Anthropic */
+    MG_USAGE_CACHED,             /* prompt_tokens_details.cached_tokens */
+    MG_USAGE_REASONING,          /* completion_tokens_details.reasoning_tokens */
+    MG_USAGE_N                   /* 9: lua/moongate/ffi.lua spells the array's size out */
+};
 typedef struct mg_json_info {
     long model_off, model_len;   /* the top-level "model" string's contents, or off -1 */
     int  model_escaped;          /* it holds escapes: decode it before use */
     int  stream;                 /* top-level "stream" is true */
     int  escaped_keys;           /* some top-level key holds escapes */
     long usage_off, usage_len;   /* the top-level "usage" value (any type), or off -1 */
+    /* When "usage" is an object whose counts (those below, where present) are all plain
+     * integers, usage_plain is 1 and usage[] holds them, -1 for each one absent; otherwise
+     * usage_plain is 0 and usage[] means nothing (decode the member instead). */
+    int    usage_plain;
+    double usage[MG_USAGE_N];
 } mg_json_info_t;
 /* Validates body as one JSON object and reads model and stream from it.
  * Returns 0, or -1 when the body is not a valid JSON object. */

@@ -177,6 +177,103 @@ static int value(scan_t *s, int depth)
     }
 }
 
+/* ---- the counts of a "usage" object ----------------------------------------
+ *
+ * Reading an answer's usage was a lua-cjson decode of the member: three tables,
+ * a dozen keys and strtod, ~14k instructions a request. The scanner has already
+ * validated the member when usage_read runs, so this walk only picks the counts
+ * out. It gives up (usage_plain = 0, and Lua decodes the member as before) on
+ * anything that is not the plain case: a key with escapes, or a count that is
+ * not a non-negative integer of at most 15 digits (so below 2^53, exact in a
+ * double). A repeated key: the last one wins, as in every decoder. */
+
+static const struct { const char *name; size_t len; int slot; } USAGE_KEYS[] = {
+    { "prompt_tokens", 13, MG_USAGE_PROMPT },
+    { "completion_tokens", 17, MG_USAGE_COMPLETION },
+    { "total_tokens", 12, MG_USAGE_TOTAL },
+    { "input_tokens", 12, MG_USAGE_INPUT },
+    { "output_tokens", 13, MG_USAGE_OUTPUT },
+    { "cache_read_input_tokens", 23, MG_USAGE_CACHE_READ },
+    { "cache_creation_input_tokens", 27, MG_USAGE_CACHE_CREATION },
+};
+
+/* A plain count at s->p: -1 when the value is anything else (it is skipped). */
+static double plain_count(scan_t *s)
+{
+    const char *start = s->p;
+    double n = 0;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9') n = n * 10 + (*s->p++ - '0');
+    size_t nd = (size_t)(s->p - start);
+    if (nd == 0 || nd > 15 || (s->p < s->end && (*s->p == '.' || *s->p == 'e' || *s->p == 'E'))) {
+        s->p = start;
+        return -1;
+    }
+    return n;
+}
+
+/* The slot a key of the usage object (details 0) or of one of its two details objects
+ * (details: MG_USAGE_CACHED or MG_USAGE_REASONING) fills, or -1. */
+static int usage_key(const char *k, size_t kl, int details)
+{
+    if (details == MG_USAGE_CACHED) return kl == 13 && memcmp(k, "cached_tokens", 13) == 0 ? MG_USAGE_CACHED : -1;
+    if (details == MG_USAGE_REASONING)
+        return kl == 16 && memcmp(k, "reasoning_tokens", 16) == 0 ? MG_USAGE_REASONING : -1;
+    for (size_t i = 0; i < sizeof USAGE_KEYS / sizeof USAGE_KEYS[0]; i++)
+        if (kl == USAGE_KEYS[i].len && memcmp(k, USAGE_KEYS[i].name, kl) == 0) return USAGE_KEYS[i].slot;
+    return -1;
+}
+
+/* Walks the object at s->p (already validated). Returns 0, or -1: not the plain case. */
+static int usage_object(scan_t *s, mg_json_info_t *out, int details)
+{
+    s->p++;   /* { */
+    ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        return 0;
+    }
+    while (s->p < s->end) {
+        const char *k = s->p + 1;
+        int kesc = 0;
+        if (string(s, &kesc) != 0 || kesc) return -1;
+        size_t kl = (size_t)(s->p - 1 - k);
+        ws(s);
+        s->p++;   /* : */
+        ws(s);
+        int slot = usage_key(k, kl, details);
+        int nested = -1;
+        if (!details && kl == 21 && memcmp(k, "prompt_tokens_details", 21) == 0) nested = MG_USAGE_CACHED;
+        if (!details && kl == 25 && memcmp(k, "completion_tokens_details", 25) == 0) nested = MG_USAGE_REASONING;
+        if (slot >= 0) {
+            double n = plain_count(s);
+            if (n < 0) return -1;
+            out->usage[slot] = n;
+        } else if (nested >= 0 && s->p < s->end && *s->p == '{') {
+            out->usage[nested] = -1;   /* a later object replaces an earlier one whole */
+            if (usage_object(s, out, nested) != 0) return -1;
+        } else if (value(s, 1) != 0) {
+            return -1;
+        }
+        ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            ws(s);
+            continue;
+        }
+        break;
+    }
+    if (s->p >= s->end || *s->p != '}') return -1;
+    s->p++;
+    return 0;
+}
+
+static void usage_read(const char *v, const char *end, mg_json_info_t *out)
+{
+    for (int i = 0; i < MG_USAGE_N; i++) out->usage[i] = -1;
+    scan_t s = { v, end };
+    out->usage_plain = *v == '{' && usage_object(&s, out, 0) == 0 && s.p == end;
+}
+
 int mg_json_scan(const char *body, size_t len, mg_json_info_t *out)
 {
     scan_t s = { body, body + len };
@@ -225,6 +322,7 @@ int mg_json_scan(const char *body, size_t len, mg_json_info_t *out)
             } else if (!kesc && klen == 5 && memcmp(k, "usage", 5) == 0) {
                 out->usage_off = (long)(v - body);
                 out->usage_len = (long)(s.p - v);
+                usage_read(v, s.p, out);
             } else if (kesc) {
                 out->escaped_keys = 1;
             }

@@ -51,6 +51,8 @@ typedef struct mg_json_info {
     int  stream;
     int  escaped_keys;
     long usage_off, usage_len;   /* the top-level "usage" value (any type), or off -1 */
+    int    usage_plain;          /* usage[] holds its counts (-1: absent), see runtime/ffi.h */
+    double usage[9];
 } mg_json_info_t;
 int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
 

@@ -90,6 +90,52 @@ static void test_usage_member(void)
     CHECK(scan("{\"usage\":null}", &i) == 0 && i.usage_len == 4);
 }
 
+/* The counts of a plain usage object, read without decoding it; anything else says so. */
+static void test_usage_counts(void)
+{
+    mg_json_info_t i;
+    CHECK(scan("{\"usage\":{\"prompt_tokens\":52,\"completion_tokens\":49,\"total_tokens\":101,"
+               "\"prompt_tokens_details\":{\"cached_tokens\":3,\"audio_tokens\":0},"
+               "\"completion_tokens_details\":{\"audio_tokens\":0,\"reasoning_tokens\":11}}}", &i) == 0);
+    CHECK(i.usage_plain == 1);
+    CHECK(i.usage[MG_USAGE_PROMPT] == 52 && i.usage[MG_USAGE_COMPLETION] == 49 && i.usage[MG_USAGE_TOTAL] == 101);
+    CHECK(i.usage[MG_USAGE_CACHED] == 3 && i.usage[MG_USAGE_REASONING] == 11);
+    CHECK(i.usage[MG_USAGE_INPUT] == -1 && i.usage[MG_USAGE_CACHE_READ] == -1);
+
+    /* Anthropic's, with spaces and unknown members of any type */
+    CHECK(scan("{ \"usage\" : { \"input_tokens\" : 10 , \"x\":[1,{\"a\":\"}\"}],"
+               "\"cache_creation_input_tokens\":0, \"cache_read_input_tokens\": 999999999999999,"
+               "\"output_tokens\":7 } }", &i) == 0);
+    CHECK(i.usage_plain == 1 && i.usage[MG_USAGE_INPUT] == 10 && i.usage[MG_USAGE_OUTPUT] == 7);
+    CHECK(i.usage[MG_USAGE_CACHE_CREATION] == 0 && i.usage[MG_USAGE_CACHE_READ] == 999999999999999.0);
+    CHECK(i.usage[MG_USAGE_PROMPT] == -1 && i.usage[MG_USAGE_CACHED] == -1);
+
+    /* the last of a repeated key wins; a later details object replaces an earlier one */
+    CHECK(scan("{\"usage\":{\"prompt_tokens\":1,\"prompt_tokens\":2,"
+               "\"prompt_tokens_details\":{\"cached_tokens\":1},\"prompt_tokens_details\":{}}}", &i) == 0);
+    CHECK(i.usage_plain == 1 && i.usage[MG_USAGE_PROMPT] == 2 && i.usage[MG_USAGE_CACHED] == -1);
+    /* details that are not objects count as absent; so do counts nested deeper */
+    CHECK(scan("{\"usage\":{\"prompt_tokens_details\":null,\"x\":{\"prompt_tokens\":\"s\"}}}", &i) == 0);
+    CHECK(i.usage_plain == 1 && i.usage[MG_USAGE_CACHED] == -1 && i.usage[MG_USAGE_PROMPT] == -1);
+    CHECK(scan("{\"usage\":{}}", &i) == 0 && i.usage_plain == 1 && i.usage[MG_USAGE_PROMPT] == -1);
+
+    /* not plain: Lua decodes the member instead */
+    const char *odd[] = {
+        "{\"usage\":{\"prompt_tokens\":1.5}}", "{\"usage\":{\"prompt_tokens\":-1}}",
+        "{\"usage\":{\"prompt_tokens\":1e3}}", "{\"usage\":{\"prompt_tokens\":\"5\"}}",
+        "{\"usage\":{\"prompt_tokens\":null}}", "{\"usage\":{\"prompt_tokens\":1234567890123456}}",
+        "{\"usage\":{\"prompt\\u005ftokens\":5}}", "{\"usage\":[1]}", "{\"usage\":null}",
+        "{\"usage\":{\"completion_tokens_details\":{\"reasoning_tokens\":true}}}",
+    };
+    for (size_t k = 0; k < sizeof odd / sizeof odd[0]; k++) {
+        CHECK(scan(odd[k], &i) == 0);
+        if (i.usage_plain) fprintf(stderr, "called plain: %s\n", odd[k]);
+        CHECK(i.usage_plain == 0);
+    }
+    /* an invalid document is refused, whatever its usage holds */
+    CHECK(scan("{\"usage\":{\"prompt_tokens\":1},", &i) != 0);
+}
+
 static void test_depth_limit(void)
 {
     mg_json_info_t i;
@@ -125,5 +171,5 @@ static void test_truncations_never_pass(void)
     CHECK(mg_json_scan(s, len, &i) == 0);
 }
 
-TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_long_strings, test_usage_member, test_depth_limit,
+TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_long_strings, test_usage_member, test_usage_counts, test_depth_limit,
           test_truncations_never_pass)

@@ -176,11 +176,28 @@ local mgffi = require("moongate.ffi")
 local ffi = require("ffi")
 local scan_info = mgffi.available and ffi.new("mg_json_info_t") or nil
 
+-- The scanner's counts (the plain case, runtime/json.c) as the table cjson would have made of
+-- the member, with only the keys oa.usage and an.usage read.
+local USAGE_TOP = { "prompt_tokens", "completion_tokens", "total_tokens", "input_tokens",
+                    "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens" }
+local function plain_usage(info)
+  local n = info.usage
+  local u = tnew(0, 8)
+  for i = 1, 7 do
+    local v = n[i - 1]
+    if v >= 0 then u[USAGE_TOP[i]] = v end
+  end
+  if n[7] >= 0 then u.prompt_tokens_details = { cached_tokens = n[7] } end
+  if n[8] >= 0 then u.completion_tokens_details = { reasoning_tokens = n[8] } end
+  return u
+end
+
 local function usage_member(text)
   if scan_info then
     if mgffi.C.mg_json_scan(text, #text, scan_info) ~= 0 then return nil end
     local off = tonumber(scan_info.usage_off)
     if off < 0 then return nil end
+    if scan_info.usage_plain ~= 0 then return plain_usage(scan_info) end
     local u = cjson_decode(sub(text, off + 1, off + tonumber(scan_info.usage_len)))
     return type(u) == "table" and u or nil
   end
