@@ -70,6 +70,17 @@ void mg_buf_append(mg_buf_t *b, const void *data, size_t len)
     b->len += len;
 }
 
+void mg_buf_append_uint(mg_buf_t *b, uint64_t v)
+{
+    char tmp[24];
+    char *p = tmp + sizeof tmp;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    mg_buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
 void mg_buf_appendf(mg_buf_t *b, const char *fmt, ...)
 {
     va_list ap;

@@ -9,6 +9,7 @@
 #define MG_BUF_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct mg_buf {
     char  *data;
@@ -20,6 +21,7 @@ void  mg_buf_init(mg_buf_t *b);
 void  mg_buf_free(mg_buf_t *b);
 void  mg_buf_reserve(mg_buf_t *b, size_t extra);
 void  mg_buf_append(mg_buf_t *b, const void *data, size_t len);
+void  mg_buf_append_uint(mg_buf_t *b, uint64_t v);   /* decimal, without printf */
 void  mg_buf_appendf(mg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void  mg_buf_consume(mg_buf_t *b, size_t n);   /* drop n bytes from the front */
 /* s (n bytes) as a JSON string: quotes, backslashes and control characters (and DEL)

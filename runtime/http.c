@@ -1044,16 +1044,20 @@ int mg_resp_start(mg_req_t *r, int status, const char *headers, size_t hlen,
         mg_buf_init(&b);
         mg_buf_reserve(&b, hlen + 160);
     }
-    int n = snprintf(b.data, b.cap, "HTTP/1.%d %d %s\r\n", r->http_minor ? 1 : 0, status,
-                     status_text(status));
-    b.len = (size_t)n;
-    memcpy(b.data + b.len, headers, hlen);
-    b.len += hlen;
+    /* the status line and content-length without printf: this runs for every answer */
+    mg_buf_append(&b, r->http_minor ? "HTTP/1.1 " : "HTTP/1.0 ", 9);
+    mg_buf_append_uint(&b, (uint64_t)status);
+    mg_buf_append(&b, " ", 1);
+    const char *text = status_text(status);
+    mg_buf_append(&b, text, strlen(text));
+    mg_buf_append(&b, "\r\n", 2);
+    mg_buf_append(&b, headers, hlen);
     if (no_body) {
         /* nothing */
     } else if (content_length >= 0) {
-        b.len += (size_t)snprintf(b.data + b.len, b.cap - b.len, "content-length: %lld\r\n",
-                                  (long long)content_length);
+        mg_buf_append(&b, "content-length: ", 16);
+        mg_buf_append_uint(&b, (uint64_t)content_length);
+        mg_buf_append(&b, "\r\n", 2);
     } else if (r->http_minor >= 1) {
         static const char te[] = "transfer-encoding: chunked\r\n";
         memcpy(b.data + b.len, te, sizeof te - 1);

@@ -39,13 +39,7 @@ static inline void put(const char *s, size_t n)
 
 static void put_uint(uint64_t v)
 {
-    char tmp[24];
-    char *p = tmp + sizeof tmp;
-    do {
-        *--p = (char)('0' + v % 10);
-        v /= 10;
-    } while (v > 0);
-    put(p, (size_t)(tmp + sizeof tmp - p));
+    mg_buf_append_uint(&line, v);
 }
 
 static void put_int(int64_t v)

@@ -913,13 +913,19 @@ static void build_request(mg_up_t *u, const char *method, const h1_url_t *url,
     if (url->tlen == 0 || url->target[0] == '?') mg_buf_append(b, "/", 1);
     mg_buf_append(b, url->target, url->tlen);
     mg_buf_append(b, " HTTP/1.1\r\n", 11);
-    if (!(seen & H_HOST)) mg_buf_appendf(b, "Host: %s\r\n", u->h1.pool->hosthdr);
+    if (!(seen & H_HOST)) {
+        mg_buf_append(b, "Host: ", 6);
+        mg_buf_append(b, u->h1.pool->hosthdr, strlen(u->h1.pool->hosthdr));
+        mg_buf_append(b, "\r\n", 2);
+    }
     if (!(seen & H_ACCEPT)) mg_buf_append(b, "Accept: */*\r\n", 13);
     mg_buf_append(b, "Accept-Encoding: identity\r\n", 27);
     mg_buf_append(b, lines.data, lines.len);
     mg_buf_free(&lines);
     if (with_body) {
-        mg_buf_appendf(b, "Content-Length: %zu\r\n", blen);
+        mg_buf_append(b, "Content-Length: ", 16);
+        mg_buf_append_uint(b, blen);
+        mg_buf_append(b, "\r\n", 2);
         /* libcurl's default for a body, kept so that providers see the same */
         if (!(seen & H_CTYPE)) mg_buf_append(b, "Content-Type: application/x-www-form-urlencoded\r\n", 49);
     }
