@@ -46,9 +46,14 @@ Decoder.__index = Decoder
 
 local tnew = require("table.new")
 
+-- The options above, copied one by one (a pairs loop does not compile, and this runs once per
+-- attempt); the decoder's own state goes in the same table.
 function _M.new(opts)
-  local d = setmetatable(tnew(0, 32), Decoder)   -- opts (~12) and the decoder's own state
-  for k, v in pairs(opts) do d[k] = v end
+  local d = setmetatable(tnew(0, 32), Decoder)
+  d.ctx, d.client, d.wire, d.endpoint, d.stream = opts.ctx, opts.client, opts.wire, opts.endpoint, opts.stream
+  d.wants_usage, d.drop_usage_chunk, d.model = opts.wants_usage, opts.drop_usage_chunk, opts.model
+  d.request_doc, d.usage_path, d.models_style = opts.request_doc, opts.usage_path, opts.models_style
+  d.owned_by, d.embeddings_base64 = opts.owned_by, opts.embeddings_base64
   d.same = opts.wire == opts.client
   d.tracker = usage.tracker(opts.ctx, opts.request_doc)
   return d
