@@ -262,6 +262,13 @@ MG_EXPORT int  mg_metric_declare(const char *name, int type, const char *help,
 MG_EXPORT void mg_metric_add(int id, const char *labels, size_t llen, double v);
 MG_EXPORT void mg_metric_set(int id, const char *labels, size_t llen, double v);
 MG_EXPORT void mg_metric_observe(int id, const char *labels, size_t llen, double v);
+/* One series' handle (valid for the life of the process; NULL for an unknown id), and the
+ * same three updates through it: no hashing of the labels per update. */
+typedef struct mg_series mg_series_t;
+MG_EXPORT mg_series_t *mg_metric_series(int id, const char *labels, size_t llen);
+MG_EXPORT void mg_series_add(mg_series_t *s, double v);
+MG_EXPORT void mg_series_set(mg_series_t *s, double v);
+MG_EXPORT void mg_series_observe(mg_series_t *s, double v);
 MG_EXPORT const char *mg_metrics_text(size_t *len);   /* Prometheus text format */
 
 /* -- Redis (redis.c): gw.shared across instances, cluster.redis ---------- */

@@ -14,6 +14,7 @@
 
 typedef struct series {
     struct series *next;
+    int            id;                 /* its metric */
     char          *labels;
     size_t         llen;
     double         value;              /* counter/gauge; histogram: sum */
@@ -91,12 +92,23 @@ static series_t *find(int id, const char *labels, size_t llen)
         slot = &m->table[h % m->nslots];
     }
     series_t *s = mg_xcalloc(1, sizeof *s);
+    s->id = id;
     s->labels = mg_xstrndup(labels, llen);
     s->llen = llen;
     s->next = *slot;
     *slot = s;
     m->nseries++;
     return s;
+}
+
+/* Called with the lock held. */
+static void observe(series_t *s, double v)
+{
+    const metric_t *m = &metrics[s->id];
+    s->value += v;
+    s->count++;
+    for (int i = 0; i < m->nbuckets; i++)
+        if (v <= m->bounds[i]) s->buckets[i]++;
 }
 
 void mg_metric_add(int id, const char *labels, size_t llen, double v)
@@ -119,13 +131,44 @@ void mg_metric_observe(int id, const char *labels, size_t llen, double v)
 {
     pthread_mutex_lock(&lock);
     series_t *s = find(id, labels, llen);
-    if (s) {
-        metric_t *m = &metrics[id];
-        s->value += v;
-        s->count++;
-        for (int i = 0; i < m->nbuckets; i++)
-            if (v <= m->bounds[i]) s->buckets[i]++;
-    }
+    if (s) observe(s, v);
+    pthread_mutex_unlock(&lock);
+}
+
+/* A series, found once: a series lives as long as the process, so Lua keeps the
+ * handle per label set and each update skips hashing the labels. */
+mg_series_t *mg_metric_series(int id, const char *labels, size_t llen)
+{
+    pthread_mutex_lock(&lock);
+    series_t *s = find(id, labels, llen);
+    pthread_mutex_unlock(&lock);
+    return (mg_series_t *)s;
+}
+
+void mg_series_add(mg_series_t *h, double v)
+{
+    series_t *s = (series_t *)h;
+    if (s == NULL) return;
+    pthread_mutex_lock(&lock);
+    s->value += v;
+    pthread_mutex_unlock(&lock);
+}
+
+void mg_series_set(mg_series_t *h, double v)
+{
+    series_t *s = (series_t *)h;
+    if (s == NULL) return;
+    pthread_mutex_lock(&lock);
+    s->value = v;
+    pthread_mutex_unlock(&lock);
+}
+
+void mg_series_observe(mg_series_t *h, double v)
+{
+    series_t *s = (series_t *)h;
+    if (s == NULL) return;
+    pthread_mutex_lock(&lock);
+    observe(s, v);
     pthread_mutex_unlock(&lock);
 }
 

@@ -139,6 +139,11 @@ int  mg_metric_declare(const char *name, int type, const char *help,
 void mg_metric_add(int id, const char *labels, size_t llen, double v);
 void mg_metric_set(int id, const char *labels, size_t llen, double v);
 void mg_metric_observe(int id, const char *labels, size_t llen, double v);
+typedef struct mg_series mg_series_t;
+mg_series_t *mg_metric_series(int id, const char *labels, size_t llen);
+void mg_series_add(mg_series_t *s, double v);
+void mg_series_set(mg_series_t *s, double v);
+void mg_series_observe(mg_series_t *s, double v);
 const char *mg_metrics_text(size_t *len);
 ]]
 

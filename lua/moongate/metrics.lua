@@ -115,16 +115,34 @@ function _M.ratelimit_labels(rule)
   return l
 end
 
+-- name -> label set -> the C series' handle, found once (a series is never freed); the label
+-- sets are those above, so this grows with the series, not with the requests
+local series = {}
+
+local function series_of(name, l)
+  local by = series[name]
+  if not by then
+    by = {}
+    series[name] = by
+  end
+  local s = by[l]
+  if s == nil then
+    s = C.mg_metric_series(ids[name] or -1, l, #l)
+    by[l] = s
+  end
+  return s
+end
+
 function _M.add(name, l, v)
-  if C then C.mg_metric_add(ids[name], l, #l, v) end
+  if C then C.mg_series_add(series_of(name, l), v) end
 end
 
 function _M.set(name, l, v)
-  if C then C.mg_metric_set(ids[name], l, #l, v) end
+  if C then C.mg_series_set(series_of(name, l), v) end
 end
 
 function _M.observe(name, l, v)
-  if C then C.mg_metric_observe(ids[name], l, #l, v) end
+  if C then C.mg_series_observe(series_of(name, l), v) end
 end
 
 function _M.text()

@@ -51,6 +51,37 @@ static void test_histogram(void)
     free(t);
 }
 
+/* A handle is the series the by-labels calls update, and stays valid as the table grows. */
+static void test_series_handles(void)
+{
+    double b[] = { 1 };
+    int c = mg_metric_declare("t_handle_total", 0, "Handles.", NULL, 0);
+    int g = mg_metric_declare("t_handle_gauge", 1, "Handles.", NULL, 0);
+    int h = mg_metric_declare("t_handle_seconds", 2, "Handles.", b, 1);
+    const char *l = "k=\"v\"";
+    mg_series_t *sc = mg_metric_series(c, l, strlen(l));
+    CHECK(sc != NULL && sc == mg_metric_series(c, l, strlen(l)));
+    CHECK(mg_metric_series(-1, l, strlen(l)) == NULL && mg_metric_series(9999, l, strlen(l)) == NULL);
+    mg_series_add(sc, 2);
+    char k[32];
+    for (int i = 0; i < 500; i++) {   /* the metric's table rehashes several times */
+        int n = snprintf(k, sizeof k, "k=\"%d\"", i);
+        mg_metric_add(c, k, (size_t)n, 1);
+    }
+    mg_series_add(sc, 3);
+    mg_metric_add(c, l, strlen(l), 1);
+    mg_series_set(mg_metric_series(g, "", 0), 7);
+    mg_series_observe(mg_metric_series(h, l, strlen(l)), 0.5);
+    mg_series_observe(mg_metric_series(h, l, strlen(l)), 2);
+    mg_series_add(NULL, 1);   /* an unknown metric's handle: nothing happens */
+    char *t = render();
+    CHECK(strstr(t, "t_handle_total{k=\"v\"} 6\n") != NULL);
+    CHECK(strstr(t, "t_handle_gauge 7\n") != NULL);
+    CHECK(strstr(t, "t_handle_seconds_bucket{k=\"v\",le=\"1\"} 1\n") != NULL);
+    CHECK(strstr(t, "t_handle_seconds_count{k=\"v\"} 2\n") != NULL);
+    free(t);
+}
+
 static void test_many_series(void)
 {
     int c = mg_metric_declare("t_many_total", 0, "Many.", NULL, 0);
@@ -66,4 +97,4 @@ static void test_many_series(void)
     free(t);
 }
 
-TEST_MAIN(test_counter_and_gauge, test_histogram, test_many_series)
+TEST_MAIN(test_counter_and_gauge, test_histogram, test_series_handles, test_many_series)
