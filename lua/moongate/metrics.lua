@@ -120,11 +120,7 @@ end
 local series = {}
 
 local function series_of(name, l)
-  local by = series[name]
-  if not by then
-    by = {}
-    series[name] = by
-  end
+  local by = at(series, name)
   local s = by[l]
   if s == nil then
     s = C.mg_metric_series(ids[name] or -1, l, #l)
