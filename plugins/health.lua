@@ -40,7 +40,13 @@ local function compile_condition(src)
     gw.log("error", "health: unhealthy_condition does not compile: " .. tostring(err))
     return nil
   end
-  return fn, false
+  -- the variables it can read: those whose names its text holds (an expression has no other
+  -- way to reach one), so expr_vars builds only those, per attempt
+  local roots = {}
+  for _, name in ipairs({ "request", "response", "error", "consumer" }) do
+    roots[name] = src:find(name, 1, true) ~= nil
+  end
+  return fn, false, roots
 end
 
 local function judge_policy(backend)
@@ -54,8 +60,8 @@ local function judge_policy(backend)
     elseif v == "4xx" then on.c4 = true
     else on.kind[v] = true end
   end
-  local cond, is_lua = compile_condition(backend.health and backend.health.unhealthy_condition)
-  p = { on = on, cond = cond, cond_lua = is_lua, backoff = retry.backoff or 0,
+  local cond, is_lua, roots = compile_condition(backend.health and backend.health.unhealthy_condition)
+  p = { on = on, cond = cond, cond_lua = is_lua, roots = roots, backoff = retry.backoff or 0,
         health = health.policy(backend) }
   compiled[backend] = p
   return p
@@ -65,20 +71,22 @@ _M.judge_policy = judge_policy
 -- The variables of an expression (SPEC §4), for this attempt. What stays the same over a
 -- request's attempts (request, consumer) is built once per request; the rest per attempt.
 local target_views = setmetatable({}, { __mode = "k" })
-local function expr_vars(ctx, err)
+-- roots: the variables the expression names (nil: all of them); the others are left out.
+local function expr_vars(ctx, err, roots)
   local req, t, res = ctx.request, ctx.target, ctx.response
   local v = ctx.vars.health_expr
   if not v then
     local c = ctx.consumer
     v = {
-      request = { method = req.method, path = req.path, headers = req.headers, model = req.model,
-                  stream = req.stream == true },
-      consumer = c and { name = c.name, team = c.team } or nil,
+      request = (not roots or roots.request) and { method = req.method, path = req.path,
+        headers = req.headers, model = req.model, stream = req.stream == true } or nil,
+      consumer = c and (not roots or roots.consumer) and { name = c.name, team = c.team } or nil,
     }
     ctx.vars.health_expr = v
   end
-  v.response = res and { code = res.status, headers = res.upstream_headers or res.headers } or nil
-  v.error = err and { kind = err.kind } or nil
+  v.response = res and (not roots or roots.response) and
+    { code = res.status, headers = res.upstream_headers or res.headers } or nil
+  v.error = err and (not roots or roots.error) and { kind = err.kind } or nil
   -- a target's view is the same on every attempt: made once per target (per config)
   local tv = target_views[t]
   if not tv then
@@ -98,7 +106,7 @@ local function unhealthy(p, ctx, err)
       if ctx.response then ctx.response.code = ctx.response.status end
       return p.cond(ctx) and true or false
     end
-    local v = p.cond(expr_vars(ctx, err))
+    local v = p.cond(expr_vars(ctx, err, p.roots))
     return v ~= nil and v ~= false
   end
   if err then return true end
