@@ -53,21 +53,13 @@ void mg_buf_free(mg_buf_t *b)
     mg_buf_init(b);
 }
 
-void mg_buf_reserve(mg_buf_t *b, size_t extra)
+void mg_buf_grow(mg_buf_t *b, size_t extra)
 {
     if (b->len + extra <= b->cap) return;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + extra) cap *= 2;
     b->data = mg_xrealloc(b->data, cap);
     b->cap = cap;
-}
-
-void mg_buf_append(mg_buf_t *b, const void *data, size_t len)
-{
-    if (len == 0) return;
-    mg_buf_reserve(b, len);
-    memcpy(b->data + b->len, data, len);
-    b->len += len;
 }
 
 void mg_buf_append_uint(mg_buf_t *b, uint64_t v)

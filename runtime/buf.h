@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct mg_buf {
     char  *data;
@@ -19,8 +20,19 @@ typedef struct mg_buf {
 
 void  mg_buf_init(mg_buf_t *b);
 void  mg_buf_free(mg_buf_t *b);
-void  mg_buf_reserve(mg_buf_t *b, size_t extra);
-void  mg_buf_append(mg_buf_t *b, const void *data, size_t len);
+void  mg_buf_grow(mg_buf_t *b, size_t extra);   /* the slow path of the two below */
+/* The two calls of every line written: inline, a compare and a memcpy when it fits. */
+static inline void mg_buf_reserve(mg_buf_t *b, size_t extra)
+{
+    if (b->len + extra > b->cap) mg_buf_grow(b, extra);
+}
+static inline void mg_buf_append(mg_buf_t *b, const void *data, size_t len)
+{
+    if (len == 0) return;
+    mg_buf_reserve(b, len);
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+}
 void  mg_buf_append_uint(mg_buf_t *b, uint64_t v);   /* decimal, without printf */
 void  mg_buf_appendf(mg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void  mg_buf_consume(mg_buf_t *b, size_t n);   /* drop n bytes from the front */

@@ -30,9 +30,7 @@ static __thread char     iso_date[20];          /* "YYYY-MM-DDTHH:MM:SS" */
 /* every line starts with a reserve that fits a usual one: this stays a memcpy */
 static inline void put(const char *s, size_t n)
 {
-    if (line.len + n > line.cap) mg_buf_reserve(&line, n);
-    memcpy(line.data + line.len, s, n);
-    line.len += n;
+    mg_buf_append(&line, s, n);
 }
 
 #define PUT(lit) put(lit, sizeof(lit) - 1)

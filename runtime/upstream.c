@@ -687,17 +687,14 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
     u->waiter = waiter;
     u->refs = 1;
     u->t_start = mg_monotonic();
-    if (!m->curl_only && mg_h1_accepts(method, url)) {
+    mg_h1_url_t parsed;
+    if (!m->curl_only && mg_h1_accepts(method, url, &parsed)) {
         /* running first: a failure the transport finds at once still ends it
          * through mg_up__finish, heard by Lua from the drain like any other */
         u->running = 1;
         m->active++;
-        if (mg_h1_start(u, method, url, headers, hlen, body, blen, connect_timeout, timeout,
-                        idle_timeout, err, errlen) != 0) {
-            m->active--;
-            up_unref(u);
-            return NULL;
-        }
+        mg_h1_start(u, method, &parsed, headers, hlen, body, blen, connect_timeout, timeout,
+                    idle_timeout);
         if (owner != NULL) owner_link(u, owner);
         return u;
     }

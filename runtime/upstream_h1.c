@@ -123,14 +123,7 @@ static void send_request(mg_h1_conn_t *c);
 
 /* ======================== URLs ======================== */
 
-typedef struct {
-    const char *host;
-    size_t      hlen;
-    int         port;
-    int         v6;
-    const char *target;     /* from the '/' or '?' after the authority, up to any '#' */
-    size_t      tlen;
-} h1_url_t;
+typedef mg_h1_url_t h1_url_t;   /* upstream_int.h */
 
 static int host_char(char ch)
 {
@@ -194,10 +187,9 @@ static int method_ok(const char *method)
     return 1;
 }
 
-int mg_h1_accepts(const char *method, const char *url)
+int mg_h1_accepts(const char *method, const char *url, mg_h1_url_t *parsed)
 {
-    h1_url_t parsed;
-    return method_ok(method) && parse_url(url, &parsed) == 0;
+    return method_ok(method) && parse_url(url, parsed) == 0;
 }
 
 /* ======================== the pool ======================== */
@@ -934,17 +926,12 @@ static void build_request(mg_up_t *u, const char *method, const h1_url_t *url,
     u->h1.close = (seen & H_CLOSE) != 0;
 }
 
-int mg_h1_start(mg_up_t *u, const char *method, const char *url, const char *headers,
+int mg_h1_start(mg_up_t *u, const char *method, const mg_h1_url_t *url, const char *headers,
                 size_t hlen, const char *body, size_t blen, double connect_timeout,
-                double timeout, double idle_timeout, char *err, size_t errlen)
+                double timeout, double idle_timeout)
 {
-    h1_url_t parsed;
-    if (parse_url(url, &parsed) != 0) {
-        snprintf(err, errlen, "not a URL for the native HTTP/1.1 client");
-        return -1;
-    }
-    u->h1.pool = pool_get(u->m, &parsed);
-    build_request(u, method, &parsed, headers, hlen, body, blen);
+    u->h1.pool = pool_get(u->m, url);
+    build_request(u, method, url, headers, hlen, body, blen);
     u->h1.head_only = strcmp(method, "HEAD") == 0;
     /* as libcurl reads them: whole milliseconds, 0 for its defaults */
     u->h1.deadline = (long)(timeout * 1000) > 0 ? u->t_start + timeout : 0;

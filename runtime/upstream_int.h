@@ -126,15 +126,26 @@ int  mg_up__body_take(mg_up_t *u, const char *data, size_t len);
 
 /* ---- the native transport (upstream_h1.c) ---- */
 
+/* A URL as the native client reads it: pointers into the URL string. */
+typedef struct mg_h1_url {
+    const char *host;
+    size_t      hlen;
+    int         port;
+    int         v6;
+    const char *target;     /* from the '/' or '?' after the authority, up to any '#' */
+    size_t      tlen;
+} mg_h1_url_t;
+
 /* Whether the native client takes this request: an http://host[:port][/...]
  * URL without userinfo or anything it would have to encode, and a method
- * that is a token. */
-int  mg_h1_accepts(const char *method, const char *url);
-/* Starts a native transfer for u (its core fields set). 0, or -1 with err
- * filled, and then nothing of the transfer is left. */
-int  mg_h1_start(mg_up_t *u, const char *method, const char *url, const char *headers,
+ * that is a token. When it does, *parsed is the URL for mg_h1_start. */
+int  mg_h1_accepts(const char *method, const char *url, mg_h1_url_t *parsed);
+/* Starts a native transfer for u (its core fields set) to a URL mg_h1_accepts
+ * parsed (the URL string still alive). Always 0: a failure the transport finds
+ * ends the transfer through mg_up__finish. */
+int  mg_h1_start(mg_up_t *u, const char *method, const mg_h1_url_t *url, const char *headers,
                  size_t hlen, const char *body, size_t blen, double connect_timeout,
-                 double timeout, double idle_timeout, char *err, size_t errlen);
+                 double timeout, double idle_timeout);
 void mg_h1_stop(mg_up_t *u);            /* ends a running transfer; its connection is closed */
 void mg_h1_resume(mg_up_t *u);          /* u->paused was cleared: read the provider again */
 void mg_h1_close_all(mg_multi_t *m);    /* worker shutdown: every connection */
