@@ -926,7 +926,7 @@ static void build_request(mg_up_t *u, const char *method, const h1_url_t *url,
     u->h1.close = (seen & H_CLOSE) != 0;
 }
 
-int mg_h1_start(mg_up_t *u, const char *method, const mg_h1_url_t *url, const char *headers,
+void mg_h1_start(mg_up_t *u, const char *method, const mg_h1_url_t *url, const char *headers,
                 size_t hlen, const char *body, size_t blen, double connect_timeout,
                 double timeout, double idle_timeout)
 {
@@ -940,11 +940,10 @@ int mg_h1_start(mg_up_t *u, const char *method, const mg_h1_url_t *url, const ch
     mg_h1_conn_t *c = pool_take(u->h1.pool);
     if (c == NULL) {
         conn_open(u);
-        return 0;
+        return;
     }
     attach(c, u);
     send_request(c);
-    return 0;
 }
 
 void mg_h1_stop(mg_up_t *u)

@@ -141,9 +141,9 @@ typedef struct mg_h1_url {
  * that is a token. When it does, *parsed is the URL for mg_h1_start. */
 int  mg_h1_accepts(const char *method, const char *url, mg_h1_url_t *parsed);
 /* Starts a native transfer for u (its core fields set) to a URL mg_h1_accepts
- * parsed (the URL string still alive). Always 0: a failure the transport finds
- * ends the transfer through mg_up__finish. */
-int  mg_h1_start(mg_up_t *u, const char *method, const mg_h1_url_t *url, const char *headers,
+ * parsed (the URL string still alive). A failure the transport finds ends the
+ * transfer through mg_up__finish. */
+void mg_h1_start(mg_up_t *u, const char *method, const mg_h1_url_t *url, const char *headers,
                  size_t hlen, const char *body, size_t blen, double connect_timeout,
                  double timeout, double idle_timeout);
 void mg_h1_stop(mg_up_t *u);            /* ends a running transfer; its connection is closed */
