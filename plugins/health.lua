@@ -40,13 +40,8 @@ local function compile_condition(src)
     gw.log("error", "health: unhealthy_condition does not compile: " .. tostring(err))
     return nil
   end
-  -- the variables it can read: those whose names its text holds (an expression has no other
-  -- way to reach one), so expr_vars builds only those, per attempt
-  local roots = {}
-  for _, name in ipairs({ "request", "response", "error", "consumer" }) do
-    roots[name] = src:find(name, 1, true) ~= nil
-  end
-  return fn, false, roots
+  -- the variables it reads: expr_vars builds only those, per attempt
+  return fn, false, expr.roots(src)
 end
 
 local function judge_policy(backend)

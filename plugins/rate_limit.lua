@@ -98,7 +98,7 @@ function _M.init(conf)
       end
       local fn, err = expr.compile(r.when)
       if not fn then return nil, path .. ".when: " .. tostring(err) end
-      r._expr = fn
+      r._expr, r._expr_roots = fn, expr.roots(r.when)
     elseif type(r.when) == "function" then
       r._fn = r.when
     end
@@ -130,19 +130,20 @@ local function scope_of(ctx, conf)
 end
 _M.scope_of = scope_of
 
-local function expr_vars(ctx)
+-- roots: the variables the rule's `when` reads (expr.roots; nil: all); the others are left out
+local function expr_vars(ctx, roots)
   local req = ctx.request
   local c = ctx.consumer
   return {
-    request = { method = req.method, path = req.path, headers = req.headers, model = req.model,
-                stream = req.stream == true },
-    consumer = c and { name = c.name, team = c.team } or nil,
+    request = (not roots or roots.request) and { method = req.method, path = req.path,
+      headers = req.headers, model = req.model, stream = req.stream == true } or nil,
+    consumer = c and (not roots or roots.consumer) and { name = c.name, team = c.team } or nil,
   }
 end
 
 local function applies(rule, ctx)
   if rule._fn then return rule._fn(ctx) and true or false end
-  if rule._expr then return rule._expr(expr_vars(ctx)) and true or false end
+  if rule._expr then return rule._expr(expr_vars(ctx, rule._expr_roots)) and true or false end
   return true
 end
 

@@ -187,6 +187,11 @@ static int value(scan_t *s, int depth)
  * not a non-negative integer of at most 15 digits (so below 2^53, exact in a
  * double). A repeated key: the last one wins, as in every decoder. */
 
+/* lua/moongate/ffi.lua declares the array with its size written out, and decoder.lua reads
+ * the slots by number */
+_Static_assert(MG_USAGE_N == 9 && MG_USAGE_CACHED == 7 && MG_USAGE_REASONING == 8,
+               "mg_json_info_t.usage: keep lua/moongate/ffi.lua and codec/decoder.lua in step");
+
 static const struct { const char *name; size_t len; int slot; } USAGE_KEYS[] = {
     { "prompt_tokens", 13, MG_USAGE_PROMPT },
     { "completion_tokens", 17, MG_USAGE_COMPLETION },

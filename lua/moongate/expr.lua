@@ -880,6 +880,34 @@ function _M.lua_source(src)
     return translate(src)
 end
 
+-- The root variables a parsed expression reads, into set.
+local function collect_roots(node, set)
+    if node.k == "root" then
+        set[node.name] = true
+    end
+    for _, v in pairs(node) do
+        if type(v) == "table" then
+            collect_roots(v, set)
+        end
+    end
+    return set
+end
+
+-- roots(src) -> { name = true } for each root variable (request, response, ...) the expression
+-- reads, or nil when that is not known (a Lua function, or text that does not parse). A caller
+-- may then leave the other variables out of what it passes: an expression reaches a variable
+-- only by its name.
+function _M.roots(src)
+    if type(src) ~= "string" or #src > MAX_LENGTH then
+        return nil
+    end
+    local ok, ast = pcall(parse, src)
+    if not ok or type(ast) ~= "table" then
+        return nil
+    end
+    return collect_roots(ast, {})
+end
+
 -- compile(src) -> fn | nil, err. src is the expression text; a Lua function is returned unchanged.
 function _M.compile(src)
     if type(src) == "function" then

@@ -622,3 +622,21 @@ describe("regex", function()
         assert.is_false(re:find(string.rep("a", 40) .. "b"))
     end)
 end)
+
+describe("expr.roots", function()
+    it("names the variables an expression reads, and only those", function()
+        assert.same({ response = true }, expr.roots("response.code == 404 || response.code == 429"))
+        assert.same({ request = true, consumer = true },
+            expr.roots('request.headers["x-tier"] == "gold" && consumer.team in ["a", "b"]'))
+        assert.same({ error = true, attempt = true, latency_ms = true },
+            expr.roots('error.kind == "timeout" || (attempt > 1 && latency_ms > 500)'))
+        assert.same({ target = true }, expr.roots('size(target.name) > 0 && "request".contains("q")'))
+        assert.same({}, expr.roots("1 == 1"))
+    end)
+
+    it("says nothing of what it cannot read", function()
+        assert.is_nil(expr.roots(function() return true end))
+        assert.is_nil(expr.roots("response.code =="))
+        assert.is_nil(expr.roots(string.rep("a", 5000)))
+    end)
+end)
