@@ -98,6 +98,15 @@ typedef struct mg_json_info {
 /* Validates body as one JSON object and reads model and stream from it.
  * Returns 0, or -1 when the body is not a valid JSON object. */
 MG_EXPORT int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
+/* Scans of a provider's JSON text without decoding it (streamed events), each matching the Lua
+ * pattern it replaced: UTF-8 characters (bytes less continuation bytes); characters of answer
+ * text, the string values of the keys content, text, arguments, partial_json, reasoning_content,
+ * thinking and refusal anywhere in s; 1 when "key" %s* : %s* then the byte next occurs anywhere;
+ * 1 when s starts (after whitespace) with { and the key "key". */
+MG_EXPORT long mg_utf8_chars(const char *s, size_t len);
+MG_EXPORT long mg_text_chars(const char *s, size_t len);
+MG_EXPORT int  mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next);
+MG_EXPORT int  mg_json_first_key_is(const char *s, size_t len, const char *key, size_t klen);
 
 /* -- gw.shared (shared.c): one store for every worker ------------------- */
 enum { MG_SHARED_MISSING = 0, MG_SHARED_NUMBER = 1, MG_SHARED_STRING = 2 };

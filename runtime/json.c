@@ -348,3 +348,116 @@ int mg_json_scan(const char *body, size_t len, mg_json_info_t *out)
     ws(&s);
     return s.p == s.end ? 0 : -1;
 }
+
+/* ---- scans of a provider's JSON text, for streamed events ----------------
+ *
+ * A stream passed through in the client's own format is not decoded event by
+ * event: the decoder only needs to know whether an event holds an error, a
+ * usage object or a finish reason, and how much answer text it carries (the
+ * completion estimate when the provider reports no usage). These answer that
+ * in one pass each, and match byte for byte what Lua's patterns did before
+ * (%s is the C locale's isspace, %w its isalnum): the estimate a user may be
+ * billed on cannot change with the scanner. */
+
+static int lua_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+static int word_char(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+
+static const unsigned char *skip_space(const unsigned char *p, const unsigned char *e)
+{
+    while (p < e && lua_space(*p)) p++;
+    return p;
+}
+
+long mg_utf8_chars(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *e = p + len;
+    long cont = 0;
+    for (; p < e; p++) cont += (*p & 0xc0) == 0x80;
+    return (long)len - cont;
+}
+
+/* the keys whose string values are answer text (usage.lua's TEXT_KEYS) */
+static int text_key(const unsigned char *k, size_t n)
+{
+    switch (n) {
+    case 4: return memcmp(k, "text", 4) == 0;
+    case 7: return memcmp(k, "content", 7) == 0 || memcmp(k, "refusal", 7) == 0;
+    case 8: return memcmp(k, "thinking", 8) == 0;
+    case 9: return memcmp(k, "arguments", 9) == 0;
+    case 12: return memcmp(k, "partial_json", 12) == 0;
+    case 17: return memcmp(k, "reasoning_content", 17) == 0;
+    default: return 0;
+    }
+}
+
+/* `"word"` %s* `:` %s* `"` at p (p at the first quote): the value's opening quote, or NULL */
+static const unsigned char *member_string(const unsigned char *p, const unsigned char *e,
+                                          const unsigned char **key_end)
+{
+    const unsigned char *q = p + 1;
+    while (q < e && word_char(*q)) q++;
+    if (q == p + 1 || q >= e || *q != '"') return NULL;
+    *key_end = q;
+    q = skip_space(q + 1, e);
+    if (q >= e || *q != ':') return NULL;
+    q = skip_space(q + 1, e);
+    return q < e && *q == '"' ? q : NULL;
+}
+
+long mg_text_chars(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *e = p + len;
+    long n = 0;
+    while (p < e) {
+        p = memchr(p, '"', (size_t)(e - p));
+        if (!p) break;
+        const unsigned char *key_end = NULL;
+        const unsigned char *open = member_string(p, e, &key_end);
+        if (!open) {
+            p++;
+            continue;
+        }
+        /* the value runs to the next quote not escaped by a backslash (or to the end) */
+        const unsigned char *q = open + 1;
+        while (q < e && *q != '"') q += *q == '\\' && e - q >= 2 ? 2 : 1;
+        if (text_key(p + 1, (size_t)(key_end - p - 1)))
+            n += mg_utf8_chars((const char *)open + 1, (size_t)(q - open - 1));
+        if (q >= e) break;
+        p = q + 1;
+    }
+    return n;
+}
+
+int mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next)
+{
+    const unsigned char *p = (const unsigned char *)s, *e = p + len;
+    while ((size_t)(e - p) >= klen + 2) {
+        p = memchr(p, '"', (size_t)(e - p));
+        if (!p || (size_t)(e - p) < klen + 2) return 0;
+        if (memcmp(p + 1, key, klen) == 0 && p[klen + 1] == '"') {
+            const unsigned char *q = skip_space(p + klen + 2, e);
+            if (q < e && *q == ':') {
+                q = skip_space(q + 1, e);
+                if (q < e && *q == (unsigned char)next) return 1;
+            }
+        }
+        p++;
+    }
+    return 0;
+}
+
+int mg_json_first_key_is(const char *s, size_t len, const char *key, size_t klen)
+{
+    const unsigned char *p = (const unsigned char *)s, *e = p + len;
+    p = skip_space(p, e);
+    if (p >= e || *p != '{') return 0;
+    p = skip_space(p + 1, e);
+    return (size_t)(e - p) >= klen + 2 && *p == '"' && memcmp(p + 1, key, klen) == 0 && p[klen + 1] == '"';
+}

@@ -55,6 +55,10 @@ typedef struct mg_json_info {
     double usage[9];
 } mg_json_info_t;
 int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
+long mg_utf8_chars(const char *s, size_t len);
+long mg_text_chars(const char *s, size_t len);
+int mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next);
+int mg_json_first_key_is(const char *s, size_t len, const char *key, size_t klen);
 
 void   mg_shared_init(size_t max_keys);
 int    mg_shared_get(const char *k, size_t kl, double *num, const char **str, size_t *slen);

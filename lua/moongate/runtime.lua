@@ -235,16 +235,17 @@ local function read_request(r)
   end
   local body = ffi_string(C.mg_req_body(r, sz), sz[0])
   local q = str_find(target, "?", 1, true)
-  local req = tnew(0, 16)   -- the pipeline adds model, stream, json
-  req.method = method
-  req.target = target
-  req.path = q and str_sub(target, 1, q - 1) or target
-  req.query = q and str_sub(target, q + 1) or nil
-  req.headers = headers
-  req.body = body
-  req.remote = ffi_string(C.mg_req_remote(r))
-  req.http_minor = C.mg_req_http_minor(r)
-  req.is_json = false
+  -- a constructor, not stores into an empty table: its keys come pre-hashed from the template
+  -- (the pipeline adds model, stream, model_at, model_end, model_body)
+  local req = {
+    method = method, target = target,
+    path = q and str_sub(target, 1, q - 1) or target,
+    query = q and str_sub(target, q + 1) or nil,
+    headers = headers, body = body,
+    remote = ffi_string(C.mg_req_remote(r)),
+    http_minor = C.mg_req_http_minor(r),
+    is_json = false,
+  }
   return setmetatable(req, REQUEST_MT)
 end
 

@@ -171,5 +171,51 @@ static void test_truncations_never_pass(void)
     CHECK(mg_json_scan(s, len, &i) == 0);
 }
 
+/* The scans of streamed events count what lua/moongate/codec/usage.lua's patterns counted
+ * (the pattern versions still run in the unit specs, outside the gateway). */
+static long text_chars(const char *s)
+{
+    return mg_text_chars(s, strlen(s));
+}
+
+static void test_text_chars(void)
+{
+    /* an OpenAI chunk: only delta.content counts; "role" is no text key */
+    CHECK(text_chars("{\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"}}]}") == 5);
+    /* UTF-8 characters, not bytes: \u00e9 written raw is two bytes, one character */
+    CHECK(text_chars("{\"text\":\"caf\xc3\xa9 \xe2\x82\xac\"}") == 6);
+    /* escapes are counted as written (the estimate reads raw text), and an escaped quote does not end it */
+    CHECK(text_chars("{\"content\":\"a\\\"b\"}") == 4);
+    /* every text key, at any depth; whitespace around the colon */
+    CHECK(text_chars("{\"arguments\" : \"{}\",\"partial_json\":\t\"ab\",\"reasoning_content\":\"c\","
+                     "\"thinking\":\"d\",\"refusal\":\"e\",\"x\":{\"text\":\"f\"}}") == 8);
+    /* a text key whose value is not a string, a key with escapes, a value left open */
+    CHECK(text_chars("{\"content\":null,\"te\\u0078t\":\"zz\"}") == 0);
+    CHECK(text_chars("{\"content\":\"abc") == 3);
+    CHECK(text_chars("{\"content\":\"ab\\") == 3);   /* a trailing backslash is text too */
+    CHECK(text_chars("") == 0);
+    CHECK(mg_utf8_chars("\xe2\x82\xac\x80x", 5) == 2);
+}
+
+static void test_members(void)
+{
+    const char *u = "{\"id\":\"c\",\"choices\":[],\"usage\" :\n {\"prompt_tokens\":3}}";
+    CHECK(mg_json_has_member(u, strlen(u), "usage", 5, '{') == 1);
+    CHECK(mg_json_has_member(u, strlen(u), "usage", 5, 'n') == 0);
+    const char *nu = "{\"usage\":null,\"x\":\"\\\"usage\\\": {\"}";   /* the second is escaped text */
+    CHECK(mg_json_has_member(nu, strlen(nu), "usage", 5, '{') == 0);
+    const char *f = "{\"choices\":[{\"finish_reason\":\"stop\"}]}";
+    CHECK(mg_json_has_member(f, strlen(f), "finish_reason", 13, '"') == 1);
+    const char *fn = "{\"choices\":[{\"finish_reason\":null}]}";
+    CHECK(mg_json_has_member(fn, strlen(fn), "finish_reason", 13, '"') == 0);
+    CHECK(mg_json_has_member("\"usage\"", 7, "usage", 5, '{') == 0);   /* cut short */
+    const char *e = " \n{ \"error\":{\"message\":\"x\"}}";
+    CHECK(mg_json_first_key_is(e, strlen(e), "error", 5) == 1);
+    const char *e2 = "{\"id\":1,\"error\":{}}";
+    CHECK(mg_json_first_key_is(e2, strlen(e2), "error", 5) == 0);
+    CHECK(mg_json_first_key_is("{\"errors\":1}", 11, "error", 5) == 0);
+    CHECK(mg_json_first_key_is("{\"error", 7, "error", 5) == 0);
+}
+
 TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_long_strings, test_usage_member, test_usage_counts, test_depth_limit,
-          test_truncations_never_pass)
+          test_truncations_never_pass, test_text_chars, test_members)

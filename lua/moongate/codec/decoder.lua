@@ -36,7 +36,7 @@ local oa, an, ge = codecs.openai, codecs.anthropic, codecs.gemini
 local splice = require("moongate.json_splice")
 
 local concat = table.concat
-local find, format, sub = string.find, string.format, string.sub
+local byte, find, format, sub = string.byte, string.find, string.format, string.sub
 local pcall, tostring, type = pcall, tostring, type
 
 local _M = { _VERSION = "0.1" }
@@ -304,6 +304,18 @@ Decoder.body = guarded("body", Decoder._body)
 
 -- ====================== streams ======================
 
+-- '"key"%s*:%s*X' anywhere in s, and '^%s*{%s*"key"': in C in the gateway (the same matches,
+-- runtime/json.c), patterns outside it
+local has_member, first_key_is
+if scan_info then
+  local C = mgffi.C
+  has_member = function(s, key, nxt) return C.mg_json_has_member(s, #s, key, #key, byte(nxt)) ~= 0 end
+  first_key_is = function(s, key) return C.mg_json_first_key_is(s, #s, key, #key) ~= 0 end
+else
+  has_member = function(s, key, nxt) return find(s, '"' .. key .. '"%s*:%s*' .. nxt) ~= nil end
+  first_key_is = function(s, key) return find(s, '^%s*{%s*"' .. key .. '"') ~= nil end
+end
+
 -- one same-format event: usage read, the gateway's usage chunk dropped,
 -- the provider's error kept back for finish()
 function Decoder:_same_event(ev)
@@ -337,7 +349,7 @@ function Decoder:_same_event(ev)
     self.complete = true
     return ev.raw
   end
-  if find(data, '^%s*{%s*"error"') then
+  if first_key_is(data, "error") then
     local d = common.obj(J.decode(data))
     if d and not common.absent(d.error) and d.choices == nil then
       local e = common.obj(d.error)
@@ -345,14 +357,14 @@ function Decoder:_same_event(ev)
       return ""
     end
   end
-  if find(data, '"usage"%s*:%s*{') then
+  if has_member(data, "usage", "{") then
     local d = common.obj(J.decode(data))
     if d then
       self.tracker:report(oa.chunk_usage(d, self.usage_path))
       if self.drop_usage_chunk and common.list(d.choices) and #d.choices == 0 then return "" end
     end
   end
-  if find(data, '"finish_reason"%s*:%s*"') then self.finished = true end
+  if has_member(data, "finish_reason", '"') then self.finished = true end
   self.tracker:output(usage.scan_chars(data))
   return ev.raw
 end

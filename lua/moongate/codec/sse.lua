@@ -23,10 +23,17 @@ local DEFAULT_MAX = 4 * 1048576
 -- with \n; lines starting with ":" are comments.
 local function parse(raw)
   local ev = { raw = raw }
-  local data, nd = nil, 0
+  local first, data, nd = nil, nil, 0   -- the one data line of the usual event needs no table
   local i, n = 1, #raw
+  -- plain finds (a character class is a pattern, which the JIT does not compile); lf and cr
+  -- are the next \n and \r at or after i, nil once there is none left (so no line rescans
+  -- the rest of the event for the one it does not hold)
+  local lf, cr = find(raw, "\n", 1, true), find(raw, "\r", 1, true)
   while i <= n do
-    local e = find(raw, "[\r\n]", i)
+    if lf and lf < i then lf = find(raw, "\n", i, true) end
+    if cr and cr < i then cr = find(raw, "\r", i, true) end
+    local e = lf
+    if cr and (not e or cr < e) then e = cr end
     local line = sub(raw, i, (e or n + 1) - 1)
     if not e then
       i = n + 1
@@ -46,9 +53,13 @@ local function parse(raw)
         field, value = line, ""
       end
       if field == "data" then
-        data = data or {}
         nd = nd + 1
-        data[nd] = value
+        if nd == 1 then
+          first = value
+        else
+          if nd == 2 then data = { first } end
+          data[nd] = value
+        end
       elseif field == "event" then
         ev.event = value
       elseif field == "id" then
@@ -56,7 +67,7 @@ local function parse(raw)
       end
     end
   end
-  if data then ev.data = concat(data, "\n", 1, nd) end
+  if nd == 1 then ev.data = first elseif nd > 1 then ev.data = concat(data, "\n", 1, nd) end
   return ev
 end
 _M.parse = parse
