@@ -150,7 +150,13 @@ end
 -- decimal(x) -> a plain decimal string ("0.0003175", "0", "12.5")
 function _M.decimal(x)
   if x ~= x or x == nil then return "0" end
-  local s = format("%.12f", x):gsub("0+$", ""):gsub("%.$", "")
+  local s = format("%.12f", x)
+  -- less its trailing zeros, then a trailing dot (bytes, not gsub: this runs for every answer
+  -- with a cost header, and a pattern anchored at the end is tried at every position)
+  local e = #s
+  while e > 0 and byte(s, e) == 48 do e = e - 1 end
+  if e > 0 and byte(s, e) == 46 then e = e - 1 end
+  s = sub(s, 1, e)
   if s == "-0" or s == "" then s = "0" end
   return s
 end
