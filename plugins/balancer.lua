@@ -295,21 +295,38 @@ end
 
 -- ====================== choosing a target ======================
 
+-- the target this request holds an in-flight slot of (vars.balancer_hold) and its backend's name
 local function release_hold(ctx)
-  local hold = ctx.vars.balancer_hold
-  if hold then
-    health.release(hold[1], hold[2])
-    ctx.vars.balancer_hold = nil
+  local vars = ctx.vars
+  local t = vars.balancer_hold
+  if t then
+    health.release(vars.balancer_hold_backend, t)
+    vars.balancer_hold = nil
   end
 end
 
 -- One pass over the groups. -> target | nil, why ("evicted" | "busy" | "tried")
+-- The candidate sets (target -> slow-start factor) are recycled: one is made per request
+-- otherwise. A set may be held across a yield (health.acquire on a Redis store), so each
+-- choose() takes its own from the pool and gives it back empty.
+local spare, nspare = {}, 0
+local tclear = require("table.clear")
+
 local function choose(ctx, backend, tried, pol)
   local bname = backend.name
   local now = gw.now()
   local any_busy, any_evicted = false, false
+  local ok
+  if nspare > 0 then
+    ok = spare[nspare]
+    spare[nspare] = nil
+    nspare = nspare - 1
+  else
+    ok = {}
+  end
+  local found
   for gi, group in ipairs(backend.groups) do
-    local ok, n = {}, 0
+    local n = 0
     for _, t in ipairs(group.targets) do
       if not tried[t.name] then
         local evicted, _, f = health.state(bname, t, now, pol)
@@ -326,13 +343,23 @@ local function choose(ctx, backend, tried, pol)
     while n > 0 do
       local t = pick(ctx, bname, gi, group, ok, n)
       if not t then break end
-      if health.acquire(bname, t, t.max_inflight) then return t end
+      if health.acquire(bname, t, t.max_inflight) then
+        found = t
+        break
+      end
       -- another worker took the last slot meanwhile
       ok[t] = nil
       n = n - 1
       any_busy = true
     end
+    tclear(ok)
+    if found then break end
   end
+  if nspare < 64 then
+    nspare = nspare + 1
+    spare[nspare] = ok
+  end
+  if found then return found end
   if any_busy then return nil, "busy" end
   if any_evicted then return nil, "evicted" end
   return nil, "tried"
@@ -406,7 +433,7 @@ function _M.on_balance(ctx, conf)
   if not t and why == "busy" then t = wait_in_queue(ctx, backend, tried, pol) end
   if t then
     tried[t.name] = true
-    ctx.vars.balancer_hold = { backend.name, t }
+    ctx.vars.balancer_hold, ctx.vars.balancer_hold_backend = t, backend.name
     ctx.target = t
     ctx.provider = ctx.config.providers[t.provider]
   end

@@ -67,20 +67,34 @@ _M.judge_policy = judge_policy
 -- request's attempts (request, consumer) is built once per request; the rest per attempt.
 local target_views = setmetatable({}, { __mode = "k" })
 -- roots: the variables the expression names (nil: all of them); the others are left out.
+-- An expression that reads neither request nor consumer has nothing to keep over a request's
+-- attempts: it gets these two tables, filled afresh for each evaluation (which runs at once and
+-- keeps nothing), instead of two new ones per request.
+local scratch_vars, scratch_response = {}, {}
 local function expr_vars(ctx, err, roots)
   local req, t, res = ctx.request, ctx.target, ctx.response
-  local v = ctx.vars.health_expr
-  if not v then
-    local c = ctx.consumer
-    v = {
-      request = (not roots or roots.request) and { method = req.method, path = req.path,
-        headers = req.headers, model = req.model, stream = req.stream == true } or nil,
-      consumer = c and (not roots or roots.consumer) and { name = c.name, team = c.team } or nil,
-    }
-    ctx.vars.health_expr = v
+  local v
+  if roots and not roots.request and not roots.consumer then
+    v = scratch_vars
+  else
+    v = ctx.vars.health_expr
+    if not v then
+      local c = ctx.consumer
+      v = {
+        request = (not roots or roots.request) and { method = req.method, path = req.path,
+          headers = req.headers, model = req.model, stream = req.stream == true } or nil,
+        consumer = c and (not roots or roots.consumer) and { name = c.name, team = c.team } or nil,
+      }
+      ctx.vars.health_expr = v
+    end
   end
-  v.response = res and (not roots or roots.response) and
-    { code = res.status, headers = res.upstream_headers or res.headers } or nil
+  if res and (not roots or roots.response) then
+    local rv = v == scratch_vars and scratch_response or {}
+    rv.code, rv.headers = res.status, res.upstream_headers or res.headers
+    v.response = rv
+  else
+    v.response = nil
+  end
   v.error = err and (not roots or roots.error) and { kind = err.kind } or nil
   -- a target's view is the same on every attempt: made once per target (per config)
   local tv = target_views[t]

@@ -168,16 +168,27 @@ local function tokens_of(rule, prompt, completion)
   return prompt + completion
 end
 
-local function put_headers(h, kind, st)
-  h["x-ratelimit-limit-" .. kind] = tostring(st.limit)
-  h["x-ratelimit-remaining-" .. kind] = tostring(st.remaining)
-  h["x-ratelimit-reset-" .. kind] = limiter.duration(st.reset)
+local KINDS = { "requests", "tokens" }
+local HEADER_NAMES = {}   -- kind -> the names of its three headers (no concatenation per answer)
+for _, kind in ipairs(KINDS) do
+  HEADER_NAMES[kind] = { "x-ratelimit-limit-" .. kind, "x-ratelimit-remaining-" .. kind,
+                         "x-ratelimit-reset-" .. kind }
 end
 
+local function put_headers(h, kind, st)
+  local names = HEADER_NAMES[kind]
+  h[names[1]] = tostring(st.limit)
+  h[names[2]] = tostring(st.remaining)
+  h[names[3]] = limiter.duration(st.reset)
+end
+
+-- ctx.vars.rate_limit, made when a rule counts the request: what it holds, as triples (counter
+-- key, amount, rule) in its array part, and under each kind ("requests", "tokens") the state of
+-- the tightest rule of that kind, for the headers. One table, however many rules.
 function _M.on_request(ctx, conf)
   local l = get_limiter()
   local scope = scope_of(ctx, conf)
-  local held, tight = {}, {}
+  local held
   for _, rule in ipairs(conf.rules) do
     local subj = applies(rule, ctx) and subject(rule, ctx)
     if subj then
@@ -190,13 +201,13 @@ function _M.on_request(ctx, conf)
       -- cluster.redis with fail_open = false and Redis unreachable (docs/cluster.md): the limit
       -- cannot be checked, so the request is refused (the outage itself is logged once, in C)
       if st.error == "cluster unavailable" then
-        for _, h in ipairs(held) do l:settle(h.key, h.n, 0) end
+        if held then for i = 1, #held, 3 do l:settle(held[i], held[i + 1], 0) end end
         return errors.respond(ctx, 503, "Rate limits cannot be checked: the cluster store (Redis) " ..
           "is unreachable. Please try again shortly.", "cluster_unavailable", { ["retry-after"] = "1" })
       end
       if st.error then gw.log("error", "rate_limit: " .. tostring(st.error)) end
       if not ok then
-        for _, h in ipairs(held) do l:settle(h.key, h.n, 0) end
+        if held then for i = 1, #held, 3 do l:settle(held[i], held[i + 1], 0) end end
         metrics.add("moongate_ratelimited_total", metrics.ratelimit_labels(rule.name), 1)
         local wait = max(1, ceil(st.retry_after - 1e-6))
         local headers = { ["retry-after"] = tostring(wait) }
@@ -206,12 +217,16 @@ function _M.on_request(ctx, conf)
           "Please try again in %ds.", rule.kind, who, rule.name, rule.limit, limiter.duration(rule.window),
           wait), "rate_limit_exceeded", headers)
       end
-      held[#held + 1] = { key = st.key, n = n, rule = rule }
-      local t = tight[rule.kind]
-      if not t or st.remaining < t.remaining then tight[rule.kind] = st end
+      if not held then
+        held = {}
+        ctx.vars.rate_limit = held
+      end
+      local k = #held
+      held[k + 1], held[k + 2], held[k + 3] = st.key or false, n, rule
+      local t = held[rule.kind]
+      if not t or st.remaining < t.remaining then held[rule.kind] = st end
     end
   end
-  if #held > 0 or next(tight) then ctx.vars.rate_limit = { held = held, tight = tight } end
 end
 
 -- The gateway's limits replace the provider's own x-ratelimit-* headers: a client must not read
@@ -223,7 +238,10 @@ function _M.on_response(ctx, conf)
   for k in pairs(h) do
     if sub(k, 1, 12) == "x-ratelimit-" then h[k] = nil end
   end
-  for kind, st in pairs(v.tight) do put_headers(h, kind, st) end
+  for i = 1, #KINDS do
+    local st = v[KINDS[i]]
+    if st then put_headers(h, KINDS[i], st) end
+  end
 end
 
 -- Token reservations become the real usage (nothing, when no provider answered).
@@ -232,14 +250,15 @@ function _M.on_log(ctx, conf)
   if not v then return end
   local l = get_limiter()
   local usage
-  for _, h in ipairs(v.held) do
-    if h.rule.kind == "tokens" and h.key then
+  for i = 1, #v, 3 do
+    local key, n, rule = v[i], v[i + 1], v[i + 2]
+    if rule.kind == "tokens" and key then
       if usage == nil then usage = pricing.usage(ctx) or false end
       local actual = 0
       if usage then
-        actual = tokens_of(h.rule, usage.prompt_tokens or 0, usage.completion_tokens or 0)
+        actual = tokens_of(rule, usage.prompt_tokens or 0, usage.completion_tokens or 0)
       end
-      l:settle(h.key, h.n, actual)
+      l:settle(key, n, actual)
     end
   end
 end

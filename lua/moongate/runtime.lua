@@ -320,25 +320,35 @@ local BUFFER_CAP = 32 * 1048576
 -- -> text | nil, kind, message
 local function read_all(att)
   att:stream()
-  local parts, n, size = {}, 0, 0
+  local first, parts, n, size = nil, nil, 0, 0   -- the usual answer comes in one piece: no table
   while true do
     local data, kind, msg = att:read()
     if not data then
       if kind then return nil, kind, msg end
+      if n <= 1 then return first or "" end
       return concat(parts, "", 1, n)
     end
     size = size + #data
     if size > BUFFER_CAP then return nil, "malformed", "answer larger than 32 MB" end
     n = n + 1
-    parts[n] = data
+    if n == 1 then
+      first = data
+    else
+      if n == 2 then parts = { first } end
+      parts[n] = data
+    end
   end
 end
+
+-- what an absent table option reads as (backend.retry, backend.timeout, ctx.tried), never written
+local NONE = setmetatable({}, { __newindex = function() error("moongate: NONE is read-only", 2) end })
 
 -- An attempt failed before anything reached the client: on_error judges it.
 -- -> what on_error returned (gw.RETRY: try again; nil: give up)
 local function attempt_error(ctx, chain, kind, msg)
   ctx.error = { kind = kind, message = msg, target = ctx.target.name }
   local tried = ctx.tried
+  if tried == NONE then tried = {}; ctx.tried = tried end
   tried[#tried + 1] = ctx.target.name .. " (" .. tostring(kind) .. ")"
   metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, kind), 1)
   gw.log("warn", "attempt", ctx.attempt, "to", ctx.target.name, "failed:", kind, msg)
@@ -490,14 +500,15 @@ end
 -- answer starts, over every attempt.
 local function proxy(ctx, chain)
   local backend = ctx.backend
-  local retry = backend and backend.retry or {}
-  local btimeout = backend and backend.timeout or {}
+  local retry = backend and backend.retry or NONE
+  local btimeout = backend and backend.timeout or NONE
   local ntargets = 0
-  for _, g in ipairs(backend and backend.groups or {}) do ntargets = ntargets + #g.targets end
+  local groups = backend and backend.groups or NONE
+  for i = 1, #groups do ntargets = ntargets + #groups[i].targets end
   local max_attempts = retry.attempts or (ntargets < 5 and ntargets or 5)
   if max_attempts < 1 then max_attempts = 1 end
   ctx.max_attempts = max_attempts
-  ctx.tried = {}   -- "target (outcome)" per failed attempt, for the final error
+  ctx.tried = NONE   -- "target (outcome)" per failed attempt, for the final error (made on the first)
   local deadline = btimeout.total and (ctx.timings.start + btimeout.total) or nil
   -- for plugins (the backoff): the same moment on the wall clock of gw.now()
   ctx.deadline = deadline and (gw.now() + (deadline - C.mg_monotonic())) or nil
@@ -584,6 +595,7 @@ local function proxy(ctx, chain)
          not (deadline and C.mg_monotonic() >= deadline) then
         att:close()
         last_err = { kind = "status", status = status, target = ctx.target.name }
+        if ctx.tried == NONE then ctx.tried = {} end
         ctx.tried[#ctx.tried + 1] = ctx.target.name .. " (" .. status .. ")"
         goto continue
       end

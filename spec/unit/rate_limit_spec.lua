@@ -163,7 +163,7 @@ describe("rate_limit", function()
       assert.is_nil(plugin.on_request(ctx, conf))
       -- the estimate: body bytes / 4 + max_tokens 40
       local est = math.ceil(#ctx.request.body / 4) + 40
-      assert.equal(tostring(100 - est), ctx.vars.rate_limit.tight.tokens.remaining .. "")
+      assert.equal(tostring(100 - est), ctx.vars.rate_limit.tokens.remaining .. "")
       ctx.target, ctx.response = { model = "m" }, { status = 200, headers = {} }
       ctx.usage = { prompt_tokens = 10, completion_tokens = 20, cached_tokens = 0 }
       plugin.on_response(ctx, conf)
@@ -190,7 +190,7 @@ describe("rate_limit", function()
       plugin, conf = entry(cfg)
       local ctx = ctx_for("alice")
       plugin.on_request(ctx, conf)
-      assert.equal(10, ctx.vars.rate_limit.tight.tokens.remaining)   -- 50 - max_tokens 40
+      assert.equal(10, ctx.vars.rate_limit.tokens.remaining)   -- 50 - max_tokens 40
     end)
 
     it("counts by ip, header, model and route, and only when `when` holds", function()
