@@ -211,8 +211,9 @@ static int on_header_value(llhttp_t *h, const char *at, size_t len)
     /* A fold after an empty first line ("Transfer-Encoding:\r\n chunked")
      * arrives as the value's first piece: a line break between the colon and
      * the value gives it away (looking back into the previous read when the
-     * whitespace began there). */
-    if (!p->last_was_value) {
+     * whitespace began there). An empty value ("X-A:\r\n") arrives as a piece
+     * of no bytes placed at the start of the next line: it folds nothing. */
+    if (!p->last_was_value && len > 0) {
         const char *q = at;
         while (q > p->exec_start && (q[-1] == ' ' || q[-1] == '\t' || q[-1] == '\r')) q--;
         if ((q > p->exec_start && q[-1] == '\n') || (q == p->exec_start && p->tail_lf))

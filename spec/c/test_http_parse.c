@@ -3,6 +3,7 @@
  * fuzzers in spec/fuzz found to misbehave are kept here as regressions. */
 #include <stdlib.h>
 
+#include "ffi.h"
 #include "test.h"
 #include "worker.h"
 
@@ -214,6 +215,40 @@ static void test_smuggling(void)
     refused("HELLO / HTTP/1.1\r\nHost: h\r\n\r\n", 400, "malformed");
 }
 
+/* An empty value ("X-A:" then the line's end, what an SDK sends for a header set to "") is a
+ * value, not a fold: first, in the middle, last, with or without a space, at every split. */
+static void test_empty_header_values(void)
+{
+    static const char *const shapes[] = {
+        "POST / HTTP/1.1\r\nX-A:\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}",
+        "POST / HTTP/1.1\r\nHost: h\r\nX-A:\r\nContent-Length: 2\r\n\r\n{}",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nX-A:\r\n\r\n{}",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nX-A: \r\n\r\n{}",
+        "POST / HTTP/1.1\r\nHost: h\r\nX-A:\r\nX-B:\r\nContent-Length: 2\r\n\r\n{}",
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        for (size_t step = 0; step < 24; step++) {
+            result_t r = parse_steps(shapes[i], strlen(shapes[i]), step);
+            if (r.requests != 1) fprintf(stderr, "shape %zu step %zu: %s\n", i, step, r.message);
+            CHECK(r.requests == 1 && r.rc != MG_HP_ERROR);
+            if (r.last) {
+                const char *name, *value;
+                size_t nl, vl;
+                int found = 0;
+                for (int k = 0; k < mg_req_header_count(r.last); k++) {
+                    mg_req_header(r.last, k, &name, &nl, &value, &vl);
+                    if (nl == 3 && memcmp(name, "x-a", 3) == 0) found = vl == 0 ? 1 : -1;
+                }
+                CHECK(found == 1);   /* there, and empty */
+                CHECK(r.last->body.len == 2);
+            }
+            done(&r);
+        }
+    }
+    /* and a fold is still a fold, after an empty first line too */
+    refused("GET / HTTP/1.1\r\nHost: h\r\nX-A:\r\n b\r\n\r\n", 400, "folding");
+}
+
 static void test_upgrade_closes(void)
 {
     result_t r = parse("GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
@@ -315,5 +350,5 @@ static void test_flags(void)
     mg_hp_free(&p);
 }
 
-TEST_MAIN(test_simple_and_pipelined, test_chunked, test_chunk_extension_shapes, test_smuggling, test_upgrade_closes, test_limits,
+TEST_MAIN(test_simple_and_pipelined, test_chunked, test_chunk_extension_shapes, test_smuggling, test_empty_header_values, test_upgrade_closes, test_limits,
           test_refuse_when_stopping, test_messages_need_no_escaping, test_flags)
