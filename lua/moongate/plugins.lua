@@ -91,21 +91,38 @@ function _M.global(cfg)
   return chain
 end
 
+-- The phases that judge an attempt: a gw.retry() there is a vote for another attempt, and the
+-- rest of the chain still runs, so that every plugin sees every attempt's outcome (the shipped
+-- health plugin votes early, at priority 950) and may still change the headers of an answer that
+-- is forwarded after all (the last attempt's).
+local JUDGES = { on_response = true, on_error = true }
+
 -- run(chain, phase, ctx, arg) -> nil | a gw.respond value | gw.RETRY
+-- A gw.respond value stops the chain and is the answer (even after a vote for a retry); a
+-- gw.retry() stops it too outside on_response and on_error, where it is a plugin's mistake.
 -- Errors propagate; ctx._plugin names the plugin that was running.
 function _M.run(chain, phase, ctx, arg)
   local list = chain[phase]
+  local retry = nil
   for i = 1, #list do
     local p = list[i]
     ctx._plugin = p.name
     local r = p.fn(ctx, p.conf, arg)
     ctx._plugin = nil
-    if r ~= nil and (r == RETRY or getmetatable(r) == RESPOND_MT) then
-      ctx._last_plugin = p.name
-      return r
+    if r ~= nil then
+      if r == RETRY then
+        if not retry then
+          retry = r
+          ctx._last_plugin = p.name
+        end
+        if not JUDGES[phase] then return r end
+      elseif getmetatable(r) == RESPOND_MT then
+        ctx._last_plugin = p.name
+        return r
+      end
     end
   end
-  return nil
+  return retry
 end
 
 -- chunk(chain, ctx, chunk) -> the chunk after every on_chunk plugin: a string,

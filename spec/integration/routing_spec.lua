@@ -139,6 +139,26 @@ routes = {
       least = "least", random = "random", priority3 = "priority3", cheap_premium = "cheap_premium",
       cheap_down = "cheap_down" } },
 }
+
+-- A plugin at the default priority (below health's 950) that judges nothing: on requests with
+-- x-observe it notes every attempt's outcome, shows them in a header of the answer that is
+-- forwarded, and after the last failed attempt answers itself.
+plugins = { { name = "observer", handler = {
+  on_response = function(ctx)
+    if not ctx.request.headers["x-observe"] then return end
+    local seen = ctx.vars.seen or {}
+    ctx.vars.seen = seen
+    seen[#seen + 1] = tostring(ctx.response.status)
+    ctx.response.headers["x-seen"] = table.concat(seen, ",")
+  end,
+  on_error = function(ctx, conf, err)
+    if not ctx.request.headers["x-observe"] then return end
+    local seen = ctx.vars.seen or {}
+    ctx.vars.seen = seen
+    seen[#seen + 1] = err.kind
+    if ctx.attempt >= ctx.max_attempts then return gw.respond(502, "seen: " .. table.concat(seen, ",")) end
+  end,
+} } }
 ]]
 
 local function body(model, stream)
@@ -220,6 +240,15 @@ describe("routing and failover", function()
       assert.equal("2", res.headers["x-moongate-attempts"])
       assert.same({ "r500", "r503" }, whom(up))
       assert.is_table(helpers.json(res).error)
+    end)
+
+    it("runs a default-priority plugin's on_response and on_error on every attempt (health votes retry first)", function()
+      local res = chat(gw, "all_fail", { headers = { ["x-observe"] = "1" } })
+      assert.equal(503, res.status)
+      assert.equal("500,503", res.headers["x-seen"])   -- both attempts seen, the header on the answer sent
+      res = chat(gw, "two_dead", { headers = { ["x-observe"] = "1" } })
+      assert.equal(502, res.status)
+      assert.equal("seen: connect-failure,connect-failure", res.body)
     end)
 
     it("fails over on a connection failure", function()

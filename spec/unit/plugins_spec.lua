@@ -111,13 +111,39 @@ describe("plugins.run", function()
     assert.is_nil(ctx._plugin)
   end)
 
-  it("stops at gw.retry() and returns it", function()
+  it("returns gw.retry() from on_response and on_error after running the rest of the chain", function()
+    for _, phase in ipairs({ "on_response", "on_error" }) do
+      local chain = plugins.build({
+        { name = "health", priority = 2, plugin = { [phase] = function() return gw.retry() end } },
+        recorder("later", 1, { phase }),
+        recorder("last", 0, { phase }),
+      })
+      local ctx = { log = {} }
+      assert.equal(gw.RETRY, plugins.run(chain, phase, ctx))
+      assert.same({ "later:" .. phase, "last:" .. phase }, ctx.log)
+      assert.equal("health", ctx._last_plugin)
+    end
+  end)
+
+  it("lets a later gw.respond answer after a vote for a retry", function()
+    local resp = gw.respond(418, "tea")
     local chain = plugins.build({
       { name = "health", priority = 2, plugin = { on_response = function() return gw.retry() end } },
-      recorder("never", 1, { "on_response" }),
+      { name = "teapot", priority = 1, plugin = { on_response = function() return resp end } },
+      recorder("never", 0, { "on_response" }),
     })
     local ctx = { log = {} }
-    assert.equal(gw.RETRY, plugins.run(chain, "on_response", ctx))
+    assert.equal(resp, plugins.run(chain, "on_response", ctx))
+    assert.same({}, ctx.log)
+  end)
+
+  it("stops at gw.retry() in a phase that cannot retry (the runtime answers 500)", function()
+    local chain = plugins.build({
+      { name = "confused", priority = 2, plugin = { on_request = function() return gw.retry() end } },
+      recorder("never", 1, { "on_request" }),
+    })
+    local ctx = { log = {} }
+    assert.equal(gw.RETRY, plugins.run(chain, "on_request", ctx))
     assert.same({}, ctx.log)
   end)
 
