@@ -4,7 +4,7 @@
 local gw = require("gw")
 local quote = require("moongate.json_splice").quote
 
-local pairs, tostring = pairs, tostring
+local pairs, tostring, type = pairs, tostring, type
 
 local _M = { _VERSION = "0.1" }
 
@@ -17,6 +17,7 @@ local anthropic_types = {
   [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
   [404] = "not_found_error", [413] = "request_too_large", [429] = "rate_limit_error",
   [500] = "api_error", [502] = "api_error", [503] = "overloaded_error", [504] = "api_error",
+  [529] = "overloaded_error",
 }
 
 -- The wire format a client speaks, from the path it asked for.
@@ -46,12 +47,27 @@ function _M.respond(ctx, status, message, code, headers)
   return gw.respond(status, _M.body(ctx.format or "openai", status, message, code), h)
 end
 
--- An SSE error event that ends a stream which failed after its first event.
-function _M.stream_event(format, message)
+-- An SSE error event that ends a stream which failed after its first event. status (default
+-- 502) picks the error's type: a provider's own error carries the status its type stands for.
+function _M.stream_event(format, message, status)
+  status = status or 502
   if format == "anthropic" then
-    return "event: error\ndata: " .. _M.body("anthropic", 502, message) .. "\n\n"
+    return "event: error\ndata: " .. _M.body("anthropic", status, message) .. "\n\n"
   end
-  return "data: " .. _M.body("openai", 502, message, "upstream_error") .. "\n\n"
+  return "data: " .. _M.body("openai", status, message, "upstream_error") .. "\n\n"
+end
+
+-- The status a provider's error object stands for (Anthropic's types, OpenAI's types and codes),
+-- 502 when it says nothing known: what a translated error event is typed by.
+local ERROR_STATUS = {
+  invalid_request_error = 400, authentication_error = 401, permission_error = 403,
+  not_found_error = 404, request_too_large = 413, rate_limit_error = 429,
+  rate_limit_exceeded = 429, insufficient_quota = 429, api_error = 500, server_error = 500,
+  overloaded_error = 529,
+}
+function _M.provider_status(e)
+  if type(e) ~= "table" then return 502 end
+  return ERROR_STATUS[e.type] or ERROR_STATUS[e.code] or 502
 end
 
 return _M

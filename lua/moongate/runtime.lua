@@ -369,11 +369,20 @@ end
 
 -- The provider failed after bytes reached the client: say so in the
 -- stream's own format, then cut the connection (never a clean end).
-local function fail_midway(ctx, r, sse_out, kind, msg)
+-- perr: the provider's own error event (the decoder's provider_error): the client gets it as it
+-- came when it is in the client's format already (raw), else its message and type translated.
+local function fail_midway(ctx, r, sse_out, kind, msg, perr)
   gw.log("warn", "upstream", ctx.target.name, "failed mid-response:", kind, msg)
   ctx.error = { kind = kind, message = msg, target = ctx.target.name, midway = true }
   if sse_out then
-    local ev = errors.stream_event(ctx.format, "upstream " .. ctx.target.name .. " failed: " .. tostring(kind))
+    local ev
+    if perr and perr.raw then
+      ev = perr.raw
+    elseif perr then
+      ev = errors.stream_event(ctx.format, perr.message, perr.status)
+    else
+      ev = errors.stream_event(ctx.format, "upstream " .. ctx.target.name .. " failed: " .. tostring(kind))
+    end
     C.mg_resp_write(r, ev, #ev)
   end
   C.mg_resp_finish(r, 1)
@@ -477,21 +486,31 @@ local function forward(ctx, chain, att, status, out)
         C.mg_resp_finish(r, 1)
         return
       end
+      -- the provider's error event, or garbage: nothing after it is read or sent on
+      if dec and dec.failed then break end
       data, kind, msg = att:read()
     end
-    ok = not kind
-    if ok and dec then
-      local tail, ferr = dec:finish()
-      emit(chain, ctx, r, splitter, tail)
-      if ferr then ok, kind, msg = false, "malformed", tostring(ferr) end
+    if dec and dec.failed then
+      att:close()
+      ok, msg = false, tostring(dec.failed)
+      kind = dec.provider_error and "provider-error" or "malformed"
+    else
+      ok = not kind
+      if ok and dec then
+        local tail, ferr = dec:finish()
+        emit(chain, ctx, r, splitter, tail)
+        if ferr then
+          ok, kind, msg = false, dec.provider_error and "provider-error" or "malformed", tostring(ferr)
+        end
+      end
+      local rest = splitter and splitter:finish()
+      if rest then emit_chunk(chain, ctx, r, rest) end
     end
-    local rest = splitter and splitter:finish()
-    if rest then emit_chunk(chain, ctx, r, rest) end
   end
   if ok then
     C.mg_resp_finish(r, 0)
   elseif kind ~= "client-closed" then
-    fail_midway(ctx, r, sse_out, kind, msg)
+    fail_midway(ctx, r, sse_out, kind, msg, dec and dec.provider_error)
   end
 end
 

@@ -245,6 +245,9 @@ describe("providers", function()
       local last = evs[#evs].json
       assert.is_table(last and last.error, "last event: " .. tostring(evs[#evs].data))
       for _, ev in ipairs(evs) do assert.are_not.equal("[DONE]", ev.data) end
+      -- the provider's own error, in OpenAI's shape: its message, and a type for its overload
+      assert.equal("Overloaded", last.error.message)
+      assert.equal("server_error", last.error.type)
       -- the usage learnt so far is kept
       assert.equal(10, usage_of(gw, res.id).prompt_tokens)
     end)
@@ -315,6 +318,18 @@ describe("providers", function()
       assert.matches("Rate limit reached", doc.error.message)
     end)
 
+    it("ends a stream with the provider's error, translated, when the provider fails mid-stream", function()
+      local res = post(gw, "/v1/messages", ANTHROPIC_STREAM, { ["x-fixture"] = "openai/chat_stream_error.sse" })
+      assert.equal(200, res.status)
+      local evs = events(res.body)
+      local last = evs[#evs]
+      assert.equal("error", last.event, "last event: " .. tostring(last.data))
+      assert.equal("error", last.json.type)
+      assert.equal("api_error", last.json.error.type)
+      assert.equal("The server had an error while processing your request.", last.json.error.message)
+      for _, ev in ipairs(evs) do assert.are_not.equal("message_stop", ev.event) end
+    end)
+
     it("answers count_tokens with an estimate when the target is not Anthropic", function()
       local res = post(gw, "/v1/messages/count_tokens",
         '{"model":"c","messages":[{"role":"user","content":"twelve chars"}]}')
@@ -347,6 +362,13 @@ describe("providers", function()
       assert.equal("some-beta", req.headers["anthropic-beta"])
       assert_keys(req, "x-api-key", "sk-ant-provider")
       assert.equal(3995, usage_of(gw, res.id).prompt_tokens)
+    end)
+
+    it("ends a failing stream with the provider's own error event, byte for byte", function()
+      local res = post(gw, "/v1/messages", ANTHROPIC_STREAM, { ["x-to"] = "anthropic",
+        ["x-fixture"] = "anthropic/stream_error.sse" })
+      assert.equal(200, res.status)
+      assert.equal(helpers.read_file(helpers.root .. "/spec/fixtures/anthropic/stream_error.sse"), res.body)
     end)
 
     it("forwards count_tokens", function()

@@ -219,6 +219,38 @@ describe("streaming", function()
     end
   end)
 
+  -- a provider answering a stream with exactly these events (chunked, never ended)
+  local function raw_stream(events)
+    local out = { "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" }
+    for _, ev in ipairs(events) do out[#out + 1] = string.format("%x\r\n%s\r\n", #ev, ev) end
+    return (table.concat(out):gsub("[^%w]", function(c) return string.format("%%%02X", c:byte()) end))
+  end
+  local FIRST = 'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"fake"}}]}\n\n'
+
+  it("ends with the provider's own error event, as it came, when it fails mid-stream", function()
+    local perr = 'data: {"error":{"message":"overloaded mid-stream","type":"server_error","code":"overloaded"}}\n\n'
+    local s = open_stream(gw.port, { ["x-fake-raw"] = raw_stream({ FIRST, perr }) })
+    assert.equal(200, s.status)
+    assert.equal("fake", (content_of(s:read_event(10))))
+    local rest, reason = s:read_all(10)
+    assert.equal("closed", reason, "the stream ended cleanly after the provider's error")
+    assert.equal(1, #rest, table.concat(rest, "|"))
+    assert.equal(perr, rest[1] .. "\n\n")   -- byte for byte: the client's SDK raises the provider's error
+  end)
+
+  it("never passes on an event that is not JSON: the stream ends with the gateway's error", function()
+    local s = open_stream(gw.port, { ["x-fake-raw"] = raw_stream({ FIRST, "data: {not json\n\n",
+      'data: {"choices":[]}\n\n' }) })
+    assert.equal(200, s.status)
+    assert.equal("fake", (content_of(s:read_event(10))))
+    local rest, reason = s:read_all(10)
+    assert.equal("closed", reason)
+    assert.equal(1, #rest, table.concat(rest, "|"))
+    local last = cjson.decode(data_of(rest[1]) or "")
+    assert.is_table(last and last.error, rest[1])
+    assert.matches("malformed", last.error.message, 1, true)
+  end)
+
   it("answers a provider error before the first event as a plain JSON error", function()
     local res = helpers.http(gw.port, {
       method = "POST", path = "/v1/chat/completions",

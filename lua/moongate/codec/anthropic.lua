@@ -717,7 +717,8 @@ function In:event(ev)
     return { oa.DONE }
   elseif t == "error" then
     local e = obj(d.error)
-    return nil, "provider error: " .. tostring(e and str(e.message) or "unknown")
+    local m = tostring(e and str(e.message) or "unknown")
+    return nil, "provider error: " .. m, { message = m, status = errors.provider_status(e) }
   end
   return {} -- ping, content_block_stop, and event types added later
 end

@@ -306,14 +306,18 @@ Decoder.body = guarded("body", Decoder._body)
 
 -- '"key"%s*:%s*X' anywhere in s, and '^%s*{%s*"key"': in C in the gateway (the same matches,
 -- runtime/json.c), patterns outside it
-local has_member, first_key_is
+local has_member, first_key_is, json_object
 if scan_info then
   local C = mgffi.C
   has_member = function(s, key, nxt) return C.mg_json_has_member(s, #s, key, #key, byte(nxt)) ~= 0 end
   first_key_is = function(s, key) return C.mg_json_first_key_is(s, #s, key, #key) ~= 0 end
+  json_object = function(s) return C.mg_json_scan(s, #s, scan_info) == 0 end
 else
   has_member = function(s, key, nxt) return find(s, '"' .. key .. '"%s*:%s*' .. nxt) ~= nil end
   first_key_is = function(s, key) return find(s, '^%s*{%s*"' .. key .. '"') ~= nil end
+  json_object = function(s)
+    return type(cjson_decode(s)) == "table" and not find(s, "^%s*%[")
+  end
 end
 
 -- one same-format event: usage read, the gateway's usage chunk dropped,
@@ -321,6 +325,10 @@ end
 function Decoder:_same_event(ev)
   local data = ev.data
   if self.client == "anthropic" then
+    if data and not json_object(data) then
+      self.failed = "the provider sent an event that is not JSON"
+      return ""
+    end
     local name = ev.event
     if not name and data then
       local d = common.obj(J.decode(data))
@@ -337,7 +345,10 @@ function Decoder:_same_event(ev)
     elseif name == "error" then
       local d = common.obj(J.decode(data or ""))
       local e = d and common.obj(d.error)
-      self.failed = "provider error: " .. tostring(e and common.str(e.message) or "unknown")
+      local m = tostring(e and common.str(e.message) or "unknown")
+      self.failed = "provider error: " .. m
+      -- already in the client's format: the runtime sends it as it came, then cuts the stream
+      self.provider_error = { message = m, status = errors.provider_status(e), raw = d and ev.raw or nil }
       return ""
     elseif name == "content_block_delta" or name == "content_block_start" then
       self.tracker:output(usage.scan_chars(data))
@@ -349,11 +360,18 @@ function Decoder:_same_event(ev)
     self.complete = true
     return ev.raw
   end
+  -- what is not JSON would break the client's SDK (it parses every event): never passed on
+  if not json_object(data) then
+    self.failed = "the provider sent an event that is not JSON"
+    return ""
+  end
   if first_key_is(data, "error") then
     local d = common.obj(J.decode(data))
     if d and not common.absent(d.error) and d.choices == nil then
       local e = common.obj(d.error)
-      self.failed = "provider error: " .. tostring(e and common.str(e.message) or d.error)
+      local m = tostring(e and common.str(e.message) or d.error)
+      self.failed = "provider error: " .. m
+      self.provider_error = { message = m, status = errors.provider_status(e), raw = ev.raw }
       return ""
     end
   end
@@ -376,9 +394,10 @@ function Decoder:_events(events, out)
     if self.mode == "same_stream" then
       out[#out + 1] = self:_same_event(ev)
     else
-      local items, err = self.up:event(ev)
+      local items, err, perr = self.up:event(ev)
       if not items then
         self.failed = err
+        self.provider_error = perr   -- the provider's own error: translated by the runtime
         return
       end
       for k = 1, #items do out[#out + 1] = self.down:item(items[k]) end

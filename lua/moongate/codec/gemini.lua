@@ -362,7 +362,10 @@ function In:event(ev)
   d = obj(d)
   if not d then return nil, "the provider sent an event that is not JSON" end
   if obj(d.error) then
-    return nil, "provider error: " .. tostring(str(d.error.message) or "unknown")
+    local m = tostring(str(d.error.message) or "unknown")
+    local code = tonumber(d.error.code)
+    return nil, "provider error: " .. m,
+      { message = m, status = code and code >= 400 and code < 600 and code or 502 }
   end
   self.id = self.id or str(d.responseId) or call_id():gsub("^call_", "gen-")
   if str(d.modelVersion) then self.model = d.modelVersion end

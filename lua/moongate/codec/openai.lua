@@ -136,7 +136,8 @@ function In:event(ev)
   if not doc then return nil, "the provider sent an event that is not JSON" end
   if not common.absent(doc.error) and doc.choices == nil then
     local e = common.obj(doc.error)
-    return nil, "provider error: " .. tostring(e and common.str(e.message) or doc.error)
+    local m = tostring(e and common.str(e.message) or doc.error)
+    return nil, "provider error: " .. m, { message = m, status = errors.provider_status(e) }
   end
   self.tracker:report(chunk_usage(doc, self.usage_path))
   self.tracker:output(usage.scan_chars(data))
