@@ -26,7 +26,8 @@
 --
 -- Spend lives in gw.shared; at start, rebuild() puts each budget's current period back from the
 -- ledger's totals (SPEC §8), before any worker serves: a restart loses nothing recorded. Model
--- budgets are rebuilt from the ledger's per-model totals, which count the target's model.
+-- budgets are rebuilt from the ledger's per-model totals, which count the target's model. With
+-- cluster.redis, Redis keeps the spend and rebuild() does not overwrite it (see rebuild).
 --
 -- Priority 1900: after rate_limit (2000), before cost (1800).
 local gw = require("gw")
@@ -180,7 +181,12 @@ end
 
 -- rebuild(cfg, ledger) -> number of counters set: each budget's spend in its current period, from
 -- the ledger's aggregates (moongate.ledger.totals), into gw.shared. Main thread, before workers.
+-- With cluster.redis the spend in Redis is every instance's (SPEC §8) and this ledger holds only
+-- this instance's share: a counter Redis holds is left as it is, and one it lost (a new period, a
+-- flushed Redis) gets this instance's share added, never set, so nothing another instance counted
+-- meanwhile is overwritten.
 function _M.rebuild(cfg, ledger)
+  local cluster = cfg.cluster and cfg.cluster.redis
   local now = gw.now()
   local totals = {}   -- dim .. start -> { [key] = { cost_usd = } }
   local set = 0
@@ -196,8 +202,14 @@ function _M.rebuild(cfg, ledger)
     local row = t and t[name]
     if row and row.cost_usd and row.cost_usd > 0 then
       local key = _M.key(scope, name, budget.period, now)
-      gw.shared.set(key, row.cost_usd, max(1, finish - now + 3600))
-      set = set + 1
+      local ttl = max(1, finish - now + 3600)
+      if not cluster then
+        gw.shared.set(key, row.cost_usd, ttl)
+        set = set + 1
+      elseif gw.shared.get(key) == nil then
+        gw.shared.incr(key, row.cost_usd, ttl)
+        set = set + 1
+      end
     end
   end
   for _, c in ipairs(cfg.consumers or {}) do put("consumer", "consumer", c.name, c.budget) end

@@ -242,6 +242,25 @@ describe_redis("cluster.redis with two gateways", function()
     end
   end)
 
+  it("keep a budget's spend in Redis when one of them restarts (its ledger holds only its share)", function()
+    local key = "moongate:budget:consumer:bea:" .. os.date("!%Y-%m")
+    local function restart_a()
+      assert.equal(0, (a:stop()))
+      a = helpers.start_gateway(CONFIG, { dir = a.dir, port = a.port, admin_port = a.admin_port,
+        vars = { REDIS_URL = redis.url, FAIL_OPEN = "true" } })
+      helpers.wait_until(function() return metric(a, "moongate_cluster_up") == 1 end, 10,
+        "the gateway did not connect to Redis")
+    end
+    -- A served $0.016 of bea's $0.024 (the spec above): the restart leaves Redis's total alone
+    restart_a()
+    assert.near(0.024, tonumber((cmd(redis.port, "GET", key))), 1e-9)
+    assert.equal(429, (chat(a, "bea")))
+    -- a counter Redis lost gets this instance's share back, added (never set over another's)
+    assert.equal(1, cmd(redis.port, "DEL", key))
+    restart_a()
+    assert.near(0.016, tonumber((cmd(redis.port, "GET", key))), 1e-9)
+  end)
+
   it("count a counter exactly, under concurrent requests to both", function()
     local before = tonumber((cmd(redis.port, "GET", "moongate:hits"))) or 0
     local conns = {}
