@@ -474,10 +474,23 @@ local function forward(ctx, chain, att, status, out)
     end
   else
     local splitter = sse_out and #chain.on_chunk > 0 and sse.new() or nil
+    -- with on_chunk plugins the decoder takes the provider's events one at a time: what a plugin
+    -- sees of ctx.usage for an event is what was learnt up to it, not the rest of the read (a
+    -- hard budget would otherwise cut the events before the one that crossed it)
+    local by_event = splitter and dec and stream_in and sse.new() or nil
     local data = first
     local res = ctx.response
     while data do
-      if dec then data = dec:chunk(data) end
+      if by_event then
+        local evs = by_event:feed(data)
+        for i = 1, #evs do
+          emit(chain, ctx, r, splitter, dec:chunk(evs[i]))
+          if res.abort or dec.failed then break end
+        end
+        data = nil
+      elseif dec then
+        data = dec:chunk(data)
+      end
       emit(chain, ctx, r, splitter, data)
       -- a plugin ended the answer (a hard budget crossed): it wrote its own
       -- last words; the provider is stopped and the connection cut
@@ -496,7 +509,11 @@ local function forward(ctx, chain, att, status, out)
       kind = dec.provider_error and "provider-error" or "malformed"
     else
       ok = not kind
-      if ok and dec then
+      local left = ok and by_event and by_event:finish()
+      if left then emit(chain, ctx, r, splitter, dec:chunk(left)) end
+      if ok and dec and dec.failed then
+        ok, kind, msg = false, dec.provider_error and "provider-error" or "malformed", tostring(dec.failed)
+      elseif ok and dec then
         local tail, ferr = dec:finish()
         emit(chain, ctx, r, splitter, tail)
         if ferr then

@@ -11,18 +11,21 @@ listen = { "127.0.0.1:${PORT}" }
 admin  = { listen = "127.0.0.1:${ADMIN_PORT}", token = "admin-secret" }
 workers = 1   -- one request at a time: each is settled (on_log) before the next is admitted
 access_log = false
-providers = { m = { type = "mock" } }
+providers = { m = { type = "mock" }, f = { type = "openai", base_url = "${UP}/v1", api_key = "sk-f" } }
 backends = {
   main = { provider = "m", model = "priced", prices = { input = 1000, output = 1000 } },
   hard = { provider = "m", model = "priced", prices = { input = 0, output = 1000 } },
+  dear = { provider = "f", model = "priced", prices = { input = 0, output = 100000 } },   -- $0.1 a token
 }
 routes = {
   { name = "hard", match = { path_prefix = "/v1", headers = { ["x-route"] = "hard" } }, backend = "hard" },
+  { name = "dear", match = { path_prefix = "/v1", headers = { ["x-route"] = "dear" } }, backend = "dear" },
   { name = "v1", match = { path_prefix = "/v1" }, backend = "main" },
 }
 teams = {
   search = { budget = { usd = 0.02, period = "1d" } },
   ads = { budget = { usd = 0.01, period = "1mo", hard = true } },
+  lab = { budget = { usd = 0.5, period = "1mo", hard = true } },
   other = {},
 }
 consumers = {
@@ -31,6 +34,7 @@ consumers = {
   { name = "sue", key = "sk-sue-0123456789", team = "search" },
   { name = "hank", key = "sk-hank-0123456789", team = "ads" },
   { name = "olga", key = "sk-olga-0123456789", team = "other" },
+  { name = "lee", key = "sk-lee-0123456789", team = "lab" },
 }
 plugins = { { name = "auth" } }   -- cost and budget switch themselves on
 ]]
@@ -55,12 +59,16 @@ end
 describe("budget", function()
   local gw
 
+  local up
+
   lazy_setup(function()
-    gw = helpers.start_gateway(CONFIG)
+    up = helpers.start_fake_upstream()
+    gw = helpers.start_gateway(CONFIG, { vars = { UP = up.url } })
   end)
 
   lazy_teardown(function()
     helpers.stop_and_check(gw)
+    up:stop()
   end)
 
   it("prices each request (x-moongate-cost-usd) from the provider's usage", function()
@@ -164,5 +172,33 @@ describe("budget", function()
       local status = chat(gw, "sk-hank-0123456789", nil, nil, { ["x-route"] = "hard" })
       return status == 429
     end, 5, "the hard budget did not refuse the next request")
+  end)
+
+  it("delivers what came before the crossing when the whole stream arrives in one read", function()
+    -- two content events (estimated at 3 tokens, $0.3), the usage chunk (10 tokens: $1, against
+    -- lab's hard $0.5) and [DONE], in one write
+    local evs = {
+      'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hello"}}]}\n\n',
+      'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" world"}}]}\n\n',
+      'data: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":0,"completion_tokens":10,"total_tokens":10}}\n\n',
+      "data: [DONE]\n\n" }
+    local body = table.concat(evs)
+    local raw = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: " .. #body ..
+      "\r\n\r\n" .. body
+    local s = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+      headers = { ["Content-Type"] = "application/json", Authorization = "Bearer sk-lee-0123456789",
+                  ["x-route"] = "dear",
+                  ["x-fake-raw"] = (raw:gsub("[^%w]", function(c) return string.format("%%%02X", c:byte()) end)) },
+      body = '{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}' })
+    assert.equal(200, s.status)
+    local got = s:read_all(10)
+    local text, err = {}, nil
+    for _, ev in ipairs(got) do
+      local d = cjson.decode(helpers.parse_sse(ev).data or "")
+      if d and d.error then err = d.error
+      elseif d and d.choices and d.choices[1] then text[#text + 1] = d.choices[1].delta.content end
+    end
+    assert.equal("Hello world", table.concat(text), table.concat(got, "|"))
+    assert.equal("insufficient_quota", err and err.code)
   end)
 end)
