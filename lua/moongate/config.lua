@@ -394,10 +394,23 @@ local ROUTE = {
     },
 }
 
+local function finite(v)
+    if v ~= v or v == math.huge or v == -math.huge then return nil, "must be a finite number" end
+    return true
+end
+
+-- a consumer's name: in URLs of the admin API (URL-encoded), the ledger and metrics' labels
+local function consumer_name(v)
+    if v == "" then return nil, "must not be empty" end
+    if #v > 200 then return nil, "must be at most 200 bytes" end
+    if v:find("%c") then return nil, "must not hold control characters" end
+    return true
+end
+
 local BUDGET = {
     type = "object",
     properties = {
-        usd = { type = "number", minimum = 0, required = true },
+        usd = { type = "number", minimum = 0, required = true, check = finite },
         period = { type = "period", required = true },
         hard = { type = "boolean", default = false },
     },
@@ -406,7 +419,7 @@ local BUDGET = {
 local CONSUMER = {
     type = "object",
     properties = {
-        name = { type = "string", required = true },
+        name = { type = "string", required = true, check = consumer_name },
         key = { type = "string", required = true },
         team = STRING,
         budget = BUDGET,

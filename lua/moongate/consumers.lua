@@ -294,6 +294,7 @@ end
 -- is this instance's, gw.shared every instance's). Names live under consumer:name:, which no hex
 -- digest can be.
 local NAME_PREFIX = SHARED_PREFIX .. "name:"
+local shared_record   -- below
 
 local function publish(r)
   shared().set(SHARED_PREFIX .. r.key_sha256, json().encode(r))
@@ -418,6 +419,18 @@ function _M.list(cfg)
   return 200, { consumers = setmetatable(out, json().array_mt) }
 end
 
+-- shared_record(name) -> the stored record of a run-time consumer in gw.shared | nil (with
+-- cluster.redis, also one another instance created)
+shared_record = function(name)
+  local s = shared()
+  local hex = s and s.get(NAME_PREFIX .. name)
+  local text = type(hex) == "string" and s.get(SHARED_PREFIX .. hex)
+  if type(text) ~= "string" then return nil end
+  local r = json().decode(text)
+  if type(r) == "table" and r.name == name then return r end
+  return nil
+end
+
 -- find(cfg, name) -> consumer (for ctx-like use), source | nil
 function _M.find(cfg, name)
   local c = _M.index(cfg).by_name[name]
@@ -426,14 +439,8 @@ function _M.find(cfg, name)
   for _, r in ipairs(records) do
     if r.name == name then return make_consumer(r), "admin" end
   end
-  -- created by another instance sharing this one's Redis
-  local s = shared()
-  local hex = s and s.get(NAME_PREFIX .. name)
-  local text = type(hex) == "string" and s.get(SHARED_PREFIX .. hex)
-  if type(text) == "string" then
-    local r = json().decode(text)
-    if type(r) == "table" and r.name == name then return make_consumer(r), "admin" end
-  end
+  local r = shared_record(name)
+  if r then return make_consumer(r), "admin" end
   return nil
 end
 
@@ -451,7 +458,40 @@ function _M.get(cfg, name)
   for _, r in ipairs(records) do
     if r.name == name then return 200, view(r, "admin") end
   end
+  -- created by another instance sharing this one's Redis
+  local r = shared_record(name)
+  if r then return 200, view(r, "admin") end
   return err(404, "no consumer named " .. format("%q", name))
+end
+
+-- clashes(cfg) -> { "consumers[i].name: ...", ... }: gateway.lua's consumers against the ones
+-- created at run time, whose names and keys must be unique with them (a reload or a start that
+-- would make two consumers of one name or key is refused)
+function _M.clashes(cfg)
+  local out = {}
+  local records = read_records(cfg.data_dir) or {}
+  local by_name, by_hash = {}, {}
+  for _, r in ipairs(records) do
+    by_name[r.name], by_hash[r.key_sha256] = r, r
+  end
+  local s = shared()
+  for i, e in ipairs(cfg.consumers or {}) do
+    if by_name[e.name] or shared_record(e.name) then
+      out[#out + 1] = format("consumers[%d].name: %q is already a consumer created at run time " ..
+        "(DELETE /admin/consumers/%s first, or choose another name)", i, e.name, e.name)
+    end
+    local hex = e.key_sha256
+    local other = hex and by_hash[hex]
+    if not other and hex and s then
+      local text = s.get(SHARED_PREFIX .. hex)
+      other = type(text) == "string" and json().decode(text) or nil
+    end
+    if type(other) == "table" then
+      out[#out + 1] = format("consumers[%d].key: is already the key of the consumer %q created at run time",
+        i, tostring(other.name))
+    end
+  end
+  return out
 end
 
 local function has_plugin(cfg, name)
@@ -491,6 +531,12 @@ function _M.create(cfg, doc)
     if r.name == v.name then return err(409, format("a consumer named %q already exists", v.name)) end
     if r.key_sha256 == hex then return err(409, "that key already belongs to another consumer") end
   end
+  -- with cluster.redis, one another instance created (gw.shared is every instance's)
+  local s = shared()
+  if s.get(NAME_PREFIX .. v.name) ~= nil then
+    return err(409, format("a consumer named %q already exists (created on another instance)", v.name))
+  end
+  if s.get(SHARED_PREFIX .. hex) ~= nil then return err(409, "that key already belongs to another consumer") end
 
   local r = {
     name = v.name, team = v.team, models = v.models and setmetatable(v.models, json().array_mt),

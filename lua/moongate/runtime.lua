@@ -1130,8 +1130,15 @@ local function init_run(opts)
     io.stderr:write(lerr, "\n")
     return 1
   end
-  -- consumers created at run time (data_dir), in gw.shared before any worker serves
-  require("moongate.consumers").ensure_loaded(cfg.data_dir)
+  -- consumers created at run time (data_dir), in gw.shared before any worker serves; gateway.lua's
+  -- must not take their names or keys
+  local consumers = require("moongate.consumers")
+  consumers.ensure_loaded(cfg.data_dir)
+  local clashes = consumers.clashes(cfg)
+  if #clashes > 0 then
+    for _, e in ipairs(clashes) do io.stderr:write(e, "\n") end
+    return 1
+  end
   -- budgets' spend in their current periods, from the ledger's totals (SPEC §8)
   for _, e in ipairs(cfg.plugins) do
     if e.name == "budget" and e.plugin and e.plugin.rebuild then
@@ -1237,6 +1244,8 @@ local function reload(why)
   if not src then return nil, 400, { "cannot read " .. path .. ": " .. tostring(rerr) } end
   local cfg, errs = load_config(src)
   if not cfg then return nil, 400, errs end
+  errs = require("moongate.consumers").clashes(cfg)
+  if #errs > 0 then return nil, 400, errs end
   local old = state.cfg
   local kept = keep_restart_only(old, cfg)
   -- the running listeners' certificate files, read again: a bad one refuses the reload

@@ -150,6 +150,14 @@ describe("auth", function()
       status, doc = admin(gw, "POST", "/admin/consumers", '{"name":"x","budget":{"usd":-5,"period":"1mo"}}')
       assert.equal(400, status)
       assert.matches("budget.usd", doc.error.message)
+      status, doc = admin(gw, "POST", "/admin/consumers", '{"name":"x","budget":{"usd":1e400,"period":"1mo"}}')
+      assert.equal(400, status)
+      assert.matches("budget.usd: must be a finite number", doc.error.message, 1, true)
+      for _, bad in ipairs({ '""', '"a\\nb"', '"' .. string.rep("n", 201) .. '"' }) do
+        status, doc = admin(gw, "POST", "/admin/consumers", '{"name":' .. bad .. '}')
+        assert.equal(400, status, bad)
+        assert.matches("name: must", doc.error.message, 1, true)
+      end
       status, doc = admin(gw, "POST", "/admin/consumers", '{"name":"x","team":"nobody"}')
       assert.equal(400, status)
       assert.matches("team", doc.error.message)
@@ -181,6 +189,25 @@ describe("auth", function()
       -- and keep being managed
       assert.equal(200, (admin(gw, "DELETE", "/admin/consumers/dave")))
       assert.equal(401, (chat(gw, { ["api-key"] = "sk-dave-chosen-key" })))
+    end)
+
+    it("keep their names and keys from gateway.lua: a reload that reuses one is refused", function()
+      assert.equal(201, (admin(gw, "POST", "/admin/consumers", '{"name":"erin","key":"sk-erin-run-time-key"}')))
+      gw:write_config(CONFIG:gsub('{ name = "bob", key = "sk%-bob%-0123456789" },',
+        '{ name = "bob", key = "sk-bob-0123456789" }, { name = "erin", key = "sk-erin-other-key" },' ..
+        ' { name = "fay", key = "sk-erin-run-time-key" },'))
+      local status, doc = admin(gw, "POST", "/admin/reload")
+      assert.equal(400, status)
+      local errs = table.concat(doc.error.errors, "\n")
+      assert.matches('consumers[3].name: "erin" is already a consumer created at run time', errs, 1, true)
+      assert.matches('consumers[4].key: is already the key of the consumer "erin"', errs, 1, true)
+      -- the running config is kept: erin's run-time key still works, and only once in the list
+      assert.equal(200, (chat(gw, { Authorization = "Bearer sk-erin-run-time-key" })))
+      local _, list = admin(gw, "GET", "/admin/consumers")
+      local n = 0
+      for _, c in ipairs(list.consumers) do if c.name == "erin" then n = n + 1 end end
+      assert.equal(1, n)
+      gw:write_config(CONFIG)
     end)
   end)
 end)

@@ -306,6 +306,14 @@ describe_redis("cluster.redis with two gateways", function()
         headers = { ["Content-Type"] = "application/json", Authorization = "Bearer " .. key } }).status
     end
     assert.equal(200, with_key(b))         -- B found it in Redis
+    -- the name and the key are taken on B too (409), and B's admin API shows the consumer
+    local function create_on_b(body)
+      return helpers.http(b.admin_port, { method = "POST", path = "/admin/consumers", body = body,
+        headers = { Authorization = "Bearer admin-secret", ["Content-Type"] = "application/json" } }).status
+    end
+    assert.equal(409, create_on_b('{"name":"runtime-1","team":"t"}'))
+    assert.equal(409, create_on_b('{"name":"runtime-2","key":"' .. key .. '"}'))
+    assert.equal(200, (admin(b, "GET", "/admin/consumers/runtime-1")))
     -- and B's admin API knows it too, though B's data_dir does not
     local status, doc = admin(b, "GET", "/admin/limits?consumer=runtime-1")
     assert.equal(200, status, cjson.encode(doc))

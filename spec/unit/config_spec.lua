@@ -409,6 +409,18 @@ describe("config.load", function()
             assert.same({ 'consumers[2].team: unknown team "serch"' }, errs)
         end)
 
+        it("refuse an empty consumer name, one with control characters, one too long, an infinite budget", function()
+            local errs = errors_of(MINIMAL .. [[
+                consumers = { { name = "", key = "k1" }, { name = "a\nb", key = "k2" },
+                              { name = string.rep("n", 201), key = "k3" },
+                              { name = "ok", key = "k4", budget = { usd = math.huge, period = "1mo" } } }
+            ]])
+            assert.same({ "consumers[1].name: must not be empty",
+                          "consumers[2].name: must not hold control characters",
+                          "consumers[3].name: must be at most 200 bytes",
+                          "consumers[4].budget.usd: must be a finite number" }, errs)
+        end)
+
         it("refuse duplicate route and consumer names, without showing keys", function()
             local errs = errors_of(MINIMAL .. [[
                 routes[2] = { name = "routes[1]", backend = "fast" }
