@@ -324,6 +324,12 @@ describe("GET /admin/costs", function()
     assert.equal(gw.json.array_mt, getmetatable(doc.groups))
   end)
 
+  it("reports a fractional since as the whole second its bucket starts on", function()
+    ledger.query = function(g, since, till) return {}, math.floor(since), till end
+    local _, doc = costs.answer({ since = "1796220000.5", ["until"] = "1796223600" }, 1796300000)
+    assert.equal("2026-12-02T14:00:00Z", doc.since)
+  end)
+
   it("refuses a bad parameter with a 400 naming it", function()
     local cases = {
       { { group_by = "route" }, "group_by" },

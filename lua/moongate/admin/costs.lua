@@ -64,9 +64,10 @@ function _M.answer(q, now)
     return ka < kb
   end)
   for _, g in ipairs(groups) do g._units = nil end
-  -- the range asked for, unless whole buckets made it wider
-  if eff_since >= floor(since) then eff_since = since end
-  if eff_until <= math.ceil(till) then eff_until = till end
+  -- the range asked for, unless whole buckets made it wider (buckets start on whole seconds: a
+  -- since of 14:00:00.5 counts from 14:00:00, and says so)
+  if eff_since >= since then eff_since = since end
+  if eff_until <= till then eff_until = till end
   return 200, {
     group_by = group_by,
     since = ledger.iso(eff_since),
