@@ -636,6 +636,28 @@ static const char *error_code(int status)
     }
 }
 
+/* The x-request-id of an answer made here (SPEC §3): the client's own when its header section was
+ * read whole and the id is one the gateway takes (1 to 200 bytes, as the Lua side does), else a
+ * new one. */
+static void error_request_id(const mg_conn_t *c, char *out, size_t cap)
+{
+    const mg_req_t *r = c->hp.req;
+    if (r != NULL && c->hp.in_body) {
+        for (int i = 0; i < r->nhdrs; i++) {
+            const mg_hdr_t *hd = &r->hdrs[i];
+            if (hd->name_len == 12 && memcmp(r->head.data + hd->name_off, "x-request-id", 12) == 0 &&
+                hd->val_len > 0 && hd->val_len <= 200 && hd->val_len < cap) {
+                memcpy(out, r->head.data + hd->val_off, hd->val_len);
+                out[hd->val_len] = '\0';
+                return;
+            }
+        }
+    }
+    char id[33];
+    mg_request_id(id);
+    snprintf(out, cap, "%s", id);
+}
+
 static void conn_error(mg_conn_t *c, int status, const char *message)
 {
     if (c->closing) return;
@@ -654,11 +676,13 @@ static void conn_error(mg_conn_t *c, int status, const char *message)
         blen = snprintf(body, sizeof body,
                         "{\"error\":{\"message\":\"%s\",\"type\":\"invalid_request_error\",\"code\":\"%s\"}}",
                         message, error_code(status));
-    char head[256];
+    char rid[201];
+    error_request_id(c, rid, sizeof rid);
+    char head[512];
     int hlen = snprintf(head, sizeof head,
                         "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                        "content-length: %d\r\nconnection: close\r\n\r\n",
-                        status, status_text(status), blen);
+                        "content-length: %d\r\nx-request-id: %s\r\nconnection: close\r\n\r\n",
+                        status, status_text(status), blen, rid);
     uv_buf_t bufs[2] = { uv_buf_init(head, (unsigned)hlen), uv_buf_init(body, (unsigned)blen) };
     mg_log(MG_LOG_INFO, "%s: %d %s", c->remote, status, message);
     /* before a TLS handshake (plain HTTP on a TLS port) the answer is plain too */

@@ -247,6 +247,11 @@ describe("bad input", function()
     local res = post(gw.port, big)
     assert_openai_error(res, 413)
     assert.equal(0, #up:requests())
+    assert.matches("^%x+$", res.headers["x-request-id"] or "")   -- one of its own
+    -- the client's own id, as on every other answer
+    res = post(gw.port, big, { ["X-Request-Id"] = "mine-413" })
+    assert.equal(413, res.status)
+    assert.equal("mine-413", res.headers["x-request-id"])
     assert_still_serving()
   end)
 
