@@ -128,6 +128,10 @@ int main(int argc, char **argv)
             } else if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) {
                 print_version();
                 return 0;
+            } else if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+                fprintf(stderr, "moongate: %s needs a file\n", argv[i]);
+                usage(stderr);
+                return 2;
             } else {
                 fprintf(stderr, "moongate: unknown option \"%s\"\n", argv[i]);
                 usage(stderr);

@@ -1025,7 +1025,12 @@ end
 
 local function read_file(path)
   local f, err = io.open(path, "rb")
-  if not f then return nil, err end
+  if not f then
+    -- io.open's message starts with the path, which the callers print already
+    err = tostring(err)
+    if err:sub(1, #path + 2) == path .. ": " then err = err:sub(#path + 3) end
+    return nil, err
+  end
   local src = f:read("*a")
   f:close()
   return src

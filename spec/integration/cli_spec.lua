@@ -134,6 +134,15 @@ describe("cli", function()
                                   { timeout = 10 })
     assert.equal(1, code, out)
     assert.matches("does%-not%-exist%.lua", out)
+    -- the path once: "cannot read FILE: No such file or directory"
+    assert.equal(1, select(2, out:gsub("does%-not%-exist%.lua", "")), out)
+    assert.matches("No such file or directory", out, 1, true)
+  end)
+
+  it("says that -c needs a file, and exits 2", function()
+    local code, out = helpers.run({ helpers.bin(), "-c" }, { timeout = 10 })
+    assert.equal(2, code, out)
+    assert.matches("-c needs a file", out, 1, true)
   end)
 
   describe("mock", function()
