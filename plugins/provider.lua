@@ -338,6 +338,11 @@ function _M.on_upstream_request(ctx, conf)
   for k, v in pairs(p.headers or {}) do up.headers[k:lower()] = v end
   for k, v in pairs(target.headers or {}) do up.headers[k:lower()] = v end
   local ep, client = endpoint_of(up.method, up.path)
+  -- the Anthropic SDK's other calls (models.retrieve: GET /v1/models/{id}) go to an Anthropic
+  -- target as they are
+  if ep == "other" and wire == "anthropic" and req_headers(ctx)["anthropic-version"] then
+    client = "anthropic"
+  end
   local stream = ctx.request.stream == true and (ep == "chat" or ep == "completions" or ep == "messages")
   local rv = handler(ctx, p, kind, up, ep, client, stream)
   if rv then return rv end

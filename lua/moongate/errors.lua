@@ -20,9 +20,13 @@ local anthropic_types = {
   [529] = "overloaded_error",
 }
 
--- The wire format a client speaks, from the path it asked for.
-function _M.format_of(path)
+-- The wire format a client speaks, from the path it asked for; on the paths both SDKs use
+-- (/v1/models and what lies below it), from the anthropic-version header the Anthropic SDK sends.
+function _M.format_of(path, headers)
   if string.find(path, "/v1/messages", 1, true) == 1 then return "anthropic" end
+  if headers and headers["anthropic-version"] and string.find(path, "/v1/models", 1, true) == 1 then
+    return "anthropic"
+  end
   return "openai"
 end
 

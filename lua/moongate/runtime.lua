@@ -760,7 +760,7 @@ local function serve_gateway(r, waiter)
     rid = ffi_string(idbuf, 32)
   end
   local ctx = tnew(0, 32)   -- ~21 keys on a plain request (the attempt loop and plugins add most)
-  ctx.id, ctx.request, ctx.format, ctx.attempt = rid, req, errors.format_of(req.path), 0
+  ctx.id, ctx.request, ctx.format, ctx.attempt = rid, req, errors.format_of(req.path, req.headers), 0
   local timings = tnew(0, 4)
   timings.start = C.mg_req_start(r)
   ctx.timings, ctx.vars, ctx.config = timings, tnew(0, 8), state.cfg

@@ -371,6 +371,16 @@ describe("providers", function()
       assert.equal(helpers.read_file(helpers.root .. "/spec/fixtures/anthropic/stream_error.sse"), res.body)
     end)
 
+    it("passes the Anthropic SDK's models.retrieve (GET /v1/models/{id}) through", function()
+      local res = get(gw, "/v1/models/claude-3-5-haiku-latest", { ["x-to"] = "anthropic", ["anthropic-version"] = "2023-06-01" })
+      local req = up:only()
+      assert.equal("/v1/models/claude-3-5-haiku-latest", req.path)
+      assert_keys(req, "x-api-key", "sk-ant-provider")
+      assert.equal("2023-06-01", req.headers["anthropic-version"])
+      -- the fake knows no such path: its 404 reaches the client as it came
+      assert.equal(404, res.status)
+    end)
+
     it("forwards count_tokens", function()
       local res = post(gw, "/v1/messages/count_tokens", '{"model":"c","messages":[]}', { ["x-to"] = "anthropic" })
       assert.equal(200, res.status)

@@ -15,6 +15,14 @@ describe("errors.format_of", function()
       assert.equal("openai", errors.format_of(p), p)
     end
   end)
+
+  it("is anthropic on /v1/models paths when the Anthropic SDK asks (anthropic-version)", function()
+    local sdk = { ["anthropic-version"] = "2023-06-01" }
+    assert.equal("anthropic", errors.format_of("/v1/models", sdk))
+    assert.equal("anthropic", errors.format_of("/v1/models/claude-3-5-haiku", sdk))
+    assert.equal("openai", errors.format_of("/v1/models/gpt-4o", {}))
+    assert.equal("openai", errors.format_of("/v1/chat/completions", sdk))
+  end)
 end)
 
 describe("errors.body (openai)", function()
