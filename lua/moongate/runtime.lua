@@ -340,7 +340,7 @@ local function read_all(att)
   end
 end
 
--- what an absent table option reads as (backend.retry, backend.timeout, ctx.tried), never written
+-- what an absent table option reads as (backend.retry, backend.timeout), never written
 local NONE = setmetatable({}, { __newindex = function() error("moongate: NONE is read-only", 2) end })
 
 -- An attempt failed before anything reached the client: on_error judges it.
@@ -348,7 +348,7 @@ local NONE = setmetatable({}, { __newindex = function() error("moongate: NONE is
 local function attempt_error(ctx, chain, kind, msg)
   ctx.error = { kind = kind, message = msg, target = ctx.target.name }
   local tried = ctx.tried
-  if tried == NONE then tried = {}; ctx.tried = tried end
+  if not tried then tried = {}; ctx.tried = tried end
   tried[#tried + 1] = ctx.target.name .. " (" .. tostring(kind) .. ")"
   metrics.add("moongate_attempts_total", metrics.attempt_labels(ctx.target.name, kind), 1)
   gw.log("warn", "attempt", ctx.attempt, "to", ctx.target.name, "failed:", kind, msg)
@@ -544,7 +544,7 @@ local function proxy(ctx, chain)
   local max_attempts = retry.attempts or (ntargets < 5 and ntargets or 5)
   if max_attempts < 1 then max_attempts = 1 end
   ctx.max_attempts = max_attempts
-  ctx.tried = NONE   -- "target (outcome)" per failed attempt, for the final error (made on the first)
+  ctx.tried = nil   -- "target (outcome)" per failed attempt, for the final error (made on the first)
   local deadline = btimeout.total and (ctx.timings.start + btimeout.total) or nil
   -- for plugins (the backoff): the same moment on the wall clock of gw.now()
   ctx.deadline = deadline and (gw.now() + (deadline - C.mg_monotonic())) or nil
@@ -631,7 +631,7 @@ local function proxy(ctx, chain)
          not (deadline and C.mg_monotonic() >= deadline) then
         att:close()
         last_err = { kind = "status", status = status, target = ctx.target.name }
-        if ctx.tried == NONE then ctx.tried = {} end
+        if not ctx.tried then ctx.tried = {} end
         ctx.tried[#ctx.tried + 1] = ctx.target.name .. " (" .. status .. ")"
         goto continue
       end
@@ -656,7 +656,7 @@ local function proxy(ctx, chain)
   -- every attempt failed: the client learns which targets failed and how;
   -- libcurl's own messages (addresses of internal providers) stay in the log
   local e = last_err or {}
-  local tried = #ctx.tried > 1 and ("; tried " .. concat(ctx.tried, ", ")) or ""
+  local tried = ctx.tried and #ctx.tried > 1 and ("; tried " .. concat(ctx.tried, ", ")) or ""
   if e.kind == "timeout" then
     return fail(ctx, 504, (e.total and ("timeout.total of backend " .. tostring(backend.name) ..
       " ran out after " .. ctx.attempt .. " attempt(s)") or
