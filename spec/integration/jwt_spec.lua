@@ -407,6 +407,7 @@ describe("jwt consumers", function()
     WORK = helpers.tmpdir()
     gw = helpers.start_gateway([[
 listen = { "127.0.0.1:${PORT}" }
+admin  = { listen = "127.0.0.1:${ADMIN_PORT}" }   -- a free port, not the default 9901
 access_log = false
 providers = { m = { type = "mock" } }
 backends = { main = { provider = "m", model = false } }
@@ -459,6 +460,7 @@ for _, order in ipairs({ { name = "auth first", jwt_priority = "" },
       WORK = helpers.tmpdir()
       gw = helpers.start_gateway([[
 listen = { "127.0.0.1:${PORT}" }
+admin  = { listen = "127.0.0.1:${ADMIN_PORT}" }   -- a free port, not the default 9901
 access_log = false
 providers = { m = { type = "mock" } }
 backends = { main = { provider = "m", model = false } }
