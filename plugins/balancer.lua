@@ -382,6 +382,12 @@ local function panic_pick(backend, tried)
   if best and health.acquire(backend.name, best, best.max_inflight) then return best end
 end
 
+-- whether the request's client has hung up (in the gateway; never outside it, as in unit specs)
+local mgffi = require("moongate.ffi")
+local function client_gone(ctx)
+  return mgffi.available and ctx._req ~= nil and mgffi.C.mg_req_alive(ctx._req) ~= 1
+end
+
 -- Waits in the backend's queue for a target below its max_inflight.
 local function wait_in_queue(ctx, backend, tried, pol)
   local q = backend.queue or {}
@@ -398,6 +404,7 @@ local function wait_in_queue(ctx, backend, tried, pol)
   repeat
     gw.sleep(pause)
     if pause < 0.02 then pause = pause * 2 end
+    if client_gone(ctx) then break end   -- its place in the queue goes to the next one
     t, why = choose(ctx, backend, tried, pol)
   until t or why ~= "busy" or gw.now() >= give_up
   shared.incr(qkey, -1)

@@ -1054,9 +1054,10 @@ int mg_resp_start(mg_req_t *r, int status, const char *headers, size_t hlen,
                   int64_t content_length)
 {
     if (r->status != 0 || r->finished) return -1;
-    r->status = status;
     mg_conn_t *c = r->conn;
+    /* a client that left before its answer began: no status (the logs say 499) */
     if (c == NULL || c->closing) return -1;
+    r->status = status;
     if (c->w->stopping) c->close_after = 1;
     int no_body = status == 204 || status == 304 || r->method == HTTP_HEAD;
     mg_buf_t b;

@@ -555,10 +555,19 @@ local function proxy(ctx, chain)
       last_err = { kind = "timeout", target = last_err and last_err.target or "", total = true }
       break
     end
+    local last_target, last_provider = ctx.target, ctx.provider
     ctx.attempt = ctx.attempt + 1
     ctx.target, ctx.provider, ctx.response, ctx.error = nil, nil, nil, nil
     local rv = plugins.run(chain, "on_balance", ctx)
     if rv then return answer(ctx, rv, "on_balance") end
+    -- a client that left while the request waited (a retry's backoff, the backend's queue) gets
+    -- no attempt: nothing is sent upstream for nobody, and the logs say 499 for the last target
+    -- tried (the balancer's hold on the new one is released in its on_log)
+    if C.mg_req_alive(ctx._req) ~= 1 then
+      ctx.attempt = ctx.attempt - 1
+      ctx.target, ctx.provider = last_target or ctx.target, last_provider or ctx.provider
+      return
+    end
     if not ctx.target then
       ctx.attempt = ctx.attempt - 1
       if last_err then break end

@@ -51,6 +51,10 @@ backends = {
     { targets = { { provider = "dead", model = "a" } } },
     { targets = { { provider = "good", model = "b" } } } } },
   connect_only = { provider = "dead", model = "a" },
+  backoff_gone = { groups = {
+      { targets = { { provider = "r429", model = "a" } } },
+      { targets = { { provider = "good", model = "b" } } } },
+    retry = { attempts = 2, backoff = "1500ms" } },
   two_dead = { targets = { { provider = "dead", model = "a" }, { provider = "dead", model = "b" } } },
   ttfb = { groups = {
       { targets = { { provider = "slow", model = "a" } } },
@@ -131,7 +135,7 @@ routes = {
   { match = { path_prefix = "/v1", model = { "m-a", "m-b" } }, backend = "quality" },
   { match = { path_prefix = "/v1" }, backend = "failover",
     model_map = { failover = "failover", no_retry_400 = "no_retry_400", all_fail = "all_fail",
-      connect = "connect", connect_only = "connect_only", two_dead = "two_dead", ttfb = "ttfb", ttfb_only = "ttfb_only",
+      connect = "connect", connect_only = "connect_only", backoff_gone = "backoff_gone", two_dead = "two_dead", ttfb = "ttfb", ttfb_only = "ttfb_only",
       total = "total", stream_first = "stream_first", stream_cut = "stream_cut", evict = "evict",
       idle = "idle", midway = "midway",
       hinted = "hinted", panic = "panic", nopanic = "nopanic", manual = "manual", weighted = "weighted",
@@ -249,6 +253,20 @@ describe("routing and failover", function()
       res = chat(gw, "two_dead", { headers = { ["x-observe"] = "1" } })
       assert.equal(502, res.status)
       assert.equal("seen: connect-failure,connect-failure", res.body)
+    end)
+
+    it("makes no further attempt for a client that left during the backoff, and logs 499", function()
+      local c = assert(socket.connect("127.0.0.1", gw.port))
+      local b = body("backoff_gone")
+      c:send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" ..
+        "Content-Length: " .. #b .. "\r\n\r\n" .. b)
+      helpers.wait_until(function() return #up:requests() >= 1 end, 10, "the first attempt never came")
+      c:close()   -- well inside the 1.5 s backoff
+      helpers.wait_until(function()
+        local m = helpers.http(gw.admin_port, { path = "/metrics" }).body
+        return m:find('backend="backoff_gone",target="r429/a",code="499"', 1, true)
+      end, 10, "no 499 for the request whose client left")
+      assert.same({ "r429" }, whom(up))   -- the second group never saw it
     end)
 
     it("fails over on a connection failure", function()
@@ -492,6 +510,31 @@ describe("routing and failover", function()
       local res = helpers.read_response(conn, { timeout = 10 })
       assert.equal(200, res.status)
       conn:close()
+    end)
+
+    it("sends nothing upstream for a client that left while queued, and logs 499", function()
+      local held = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions",
+        headers = { ["Content-Type"] = "application/json", ["x-fake-hold"] = "cap3" },
+        body = body("capped", true), timeout = 10 })
+      assert.equal(200, held.status)
+      local function gone_count()
+        local m = helpers.http(gw.admin_port, { path = "/metrics" }).body
+        return tonumber(m:match('backend="capped",target="",code="499"} (%d+)')) or 0
+      end
+      local before = gone_count()
+      local conn = helpers.connect(gw.port)
+      local b = body("capped")
+      assert.truthy(conn:send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        .. "Content-Length: " .. #b .. "\r\n\r\n" .. b))
+      helpers.wait_until(function()   -- it is in the gateway, queued behind the held stream
+        local m = helpers.http(gw.admin_port, { path = "/metrics" }).body
+        return tonumber(m:match("\nmoongate_inflight (%d+)")) == 2
+      end, 5, "the second request never arrived")
+      conn:close()
+      helpers.wait_until(function() return gone_count() == before + 1 end, 10, "no 499 for the queued client")
+      up:release("cap3")
+      held:read_all(10)
+      assert.equal(1, #up:requests(), "the abandoned request was sent upstream")
     end)
 
     it("answers 503 when the queue times out", function()
