@@ -62,14 +62,22 @@ function _M.build(entries)
 end
 
 -- for(cfg, route, backend) -> the chain for requests on that route and backend
+-- (cached by the route and backend tables themselves, not a key string made per request; weakly,
+-- so that a plugin that makes its own route tables leaves nothing behind)
+local NO_ROUTE, NO_BACKEND = {}, {}
+local WEAK = { __mode = "k" }
 function _M.chain_for(cfg, route, backend)
   local cache = cfg._chains
   if not cache then
-    cache = {}
+    cache = setmetatable({}, WEAK)
     cfg._chains = cache
   end
-  local key = (route and route.name or "") .. "\0" .. (backend and backend.name or "")
-  local chain = cache[key]
+  local by_backend = cache[route or NO_ROUTE]
+  if not by_backend then
+    by_backend = setmetatable({}, WEAK)
+    cache[route or NO_ROUTE] = by_backend
+  end
+  local chain = by_backend[backend or NO_BACKEND]
   if not chain then
     if (not route or not route.plugins or #route.plugins == 0)
        and (not backend or not backend.plugins or #backend.plugins == 0) then
@@ -77,7 +85,7 @@ function _M.chain_for(cfg, route, backend)
     else
       chain = _M.build(merge(cfg.plugins, backend and backend.plugins, route and route.plugins))
     end
-    cache[key] = chain
+    by_backend[backend or NO_BACKEND] = chain
   end
   return chain
 end
