@@ -75,8 +75,11 @@ function _M.init(conf)
   local names = {}
   for i, r in ipairs(conf.rules) do
     local path = "rules[" .. i .. "]"
-    if (r.requests == nil) == (r.tokens == nil) then
-      return nil, path .. ": needs either requests or tokens"
+    if r.requests == nil and r.tokens == nil then
+      return nil, path .. ": needs requests or tokens"
+    end
+    if r.requests ~= nil and r.tokens ~= nil then
+      return nil, path .. ": takes requests or tokens, not both (make two rules)"
     end
     if r.count and not r.tokens then
       return nil, path .. ".count: only for tokens rules"

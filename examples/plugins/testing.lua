@@ -33,7 +33,11 @@ function _M.load(file, entry)
   end
   if plugin.init then
     local ok, err = plugin.init(conf)
-    if ok == nil and err then error("plugins[1]: " .. tostring(err), 2) end
+    if ok == nil and err then
+      err = tostring(err)
+      -- as the loader joins them: a message that starts with an option continues the path
+      error((err:match("^[%a_][%w_]*[%[%.:]") and "plugins[1]." or "plugins[1]: ") .. err, 2)
+    end
   end
   return plugin, conf
 end

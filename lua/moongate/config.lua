@@ -835,7 +835,13 @@ local function resolve_entry(e, path, ctx)
             return nil
         end
         if not r1 and type(r2) == "string" then
-            add(errs, path, r2)
+            -- a message that starts with the option it refuses ("rules[1]: ...", "jwks_file: ...")
+            -- continues the entry's path: plugins[2].rules[1]: ..., like the schema's errors
+            if match(r2, "^[%a_][%w_]*[%[%.:]") then
+                errs[#errs + 1] = path .. "." .. r2
+            else
+                add(errs, path, r2)
+            end
             return nil
         end
     end

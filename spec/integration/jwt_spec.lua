@@ -357,7 +357,7 @@ plugins = { ]] .. entry .. [[ }
 
     code, out = check('{ name = "jwt", jwks_file = "missing.json" }')
     assert.equal(1, code, out)
-    assert.matches("plugins%[1%]: jwks_file: cannot read", out)
+    assert.matches("plugins%[1%]%.jwks_file: cannot read", out)
 
     local short = rsa_key("short", 1024)
     code, out = check('{ name = "jwt", jwks_file = "jwks.json" }', { ["jwks.json"] = jwks({
@@ -378,7 +378,7 @@ plugins = { ]] .. entry .. [[ }
 
     code, out = check('{ name = "jwt", secret = "too short" }')
     assert.equal(1, code, out)
-    assert.matches("plugins%[1%]: secret: shorter than 32 bytes", out)
+    assert.matches("plugins%[1%]%.secret: shorter than 32 bytes", out)
 
     code, out = check('{ name = "jwt", secret = "0123456789abcdef0123456789abcdef", leeway = "soon" }')
     assert.equal(1, code, out)
