@@ -96,7 +96,8 @@ typedef struct mg_json_info {
     double usage[MG_USAGE_N];
 } mg_json_info_t;
 /* Validates body as one JSON object and reads model and stream from it.
- * Returns 0, or -1 when the body is not a valid JSON object. */
+ * Returns 0, -1 when the body is not a valid JSON object, -2 when it nests deeper than 512
+ * levels (the top object is level 1). */
 MG_EXPORT int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
 /* Scans of a provider's JSON text without decoding it (streamed events), each matching the Lua
  * pattern it replaced: UTF-8 characters (bytes less continuation bytes); characters of answer

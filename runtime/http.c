@@ -40,8 +40,11 @@
 
 static llhttp_settings_t parser_settings;
 static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
-/* client connections of every worker: limits.max_connections is the process's */
-static int total_conns;
+/* client connections of every worker: limits.max_connections is the process's. The admin
+ * listener's are counted apart, against their own small cap: a flood of clients must not fail the
+ * health and readiness probes (a Kubernetes liveness probe would kill a pod that is only busy). */
+static int total_conns, admin_conns;
+#define MG_MAX_ADMIN_CONNECTIONS 256
 /* decrypted bytes, parsed before the next record is read */
 static __thread char tls_plain[16384];
 
@@ -258,6 +261,18 @@ static int on_headers_complete(llhttp_t *h)
                  strncasecmp(r->head.data + hd->val_off, "100-continue", 12) == 0)
             expect = 1;
     }
+    /* llhttp takes "gzip, chunked" as chunked and leaves the gzip undone: RFC 9112 §6.1 has a
+     * coding the server does not implement refused with 501 (chunked is the only one) */
+    for (int i = 0; (h->flags & F_CHUNKED) && i < r->nhdrs; i++) {
+        mg_hdr_t *hd = &r->hdrs[i];
+        if (!hdr_is(r, hd, "transfer-encoding", 17)) continue;
+        const char *v = r->head.data + hd->val_off;
+        size_t n = hd->val_len;
+        while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
+        while (n > 0 && (*v == ' ' || *v == '\t')) v++, n--;
+        if (!(n == 7 && strncasecmp(v, "chunked", 7) == 0))
+            return hp_fail(p, 501, "a transfer coding other than chunked is not supported");
+    }
     if (hosts > 1) return hp_fail(p, 400, "malformed request: more than one Host header");
     if (hosts == 0 && r->http_minor >= 1) return hp_fail(p, 400, "malformed request: no Host header");
     /* llhttp already refuses Content-Length together with Transfer-Encoding
@@ -311,6 +326,7 @@ static int on_message_complete(llhttp_t *h)
 {
     mg_hp_t *p = h->data;
     p->req->complete = 1;
+    p->in_body = 0;   /* what follows is the next request's header section */
     return HPE_PAUSED;
 }
 
@@ -340,6 +356,35 @@ void mg_hp_init(mg_hp_t *p, const mg_limits_t *limits)
     p->limits = limits;
 }
 
+/* llhttp, even strict, takes a bare LF as the empty line that ends the header section
+ * ("Host: x\r\n\n"). Two LFs with nothing or a lone LF between them never occur in a header
+ * section written with CRLFs, so up to its real end ("\n\r\n") a "\n\n" is refused; the two
+ * bytes before this read are the last read's. Returns 1 for a bare LF ending the section. */
+static int head_bare_lf(mg_hp_t *p, const char *data, size_t len)
+{
+    if (p->in_body) return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (data[i] != '\n') continue;
+        char b1 = i >= 1 ? data[i - 1] : p->tail[1];
+        char b2 = i >= 2 ? data[i - 2] : (i == 1 ? p->tail[1] : p->tail[0]);
+        if (b1 == '\n') return 1;
+        if (b1 == '\r' && b2 == '\n') return 0;     /* the section's end: the rest is its body */
+    }
+    return 0;
+}
+
+/* the last two bytes parsed, before the next read's first */
+static void keep_tail(mg_hp_t *p, const char *data, size_t n)
+{
+    if (n >= 2) {
+        p->tail[0] = data[n - 2];
+        p->tail[1] = data[n - 1];
+    } else if (n == 1) {
+        p->tail[0] = p->tail[1];
+        p->tail[1] = data[0];
+    }
+}
+
 int mg_hp_execute(mg_hp_t *p, const char *data, size_t len, size_t *used)
 {
     p->began = p->headers_done = p->body_progress = p->want_continue = 0;
@@ -352,6 +397,10 @@ int mg_hp_execute(mg_hp_t *p, const char *data, size_t len, size_t *used)
         return MG_HP_ERROR;
     }
     p->version_at_end = 0;
+    if (head_bare_lf(p, data, len)) {
+        hp_fail(p, 400, "malformed request: a header section ending in a bare LF");
+        return MG_HP_ERROR;
+    }
     llhttp_errno_t err = llhttp_execute(&p->http, data, len);
     /* for the next read: does this one end in whitespace holding a line break? */
     const char *q = data + len;
@@ -361,11 +410,13 @@ int mg_hp_execute(mg_hp_t *p, const char *data, size_t len, size_t *used)
     p->tail_lf = q == data ? (p->tail_lf || lf) : lf;
     if (err == HPE_OK) {
         *used = len;
+        keep_tail(p, data, len);
         return MG_HP_MORE;
     }
     if (err == HPE_PAUSED && p->req != NULL && p->req->complete) {
         const char *pos = llhttp_get_error_pos(&p->http);
         *used = pos ? (size_t)(pos - data) : len;
+        keep_tail(p, data, *used);
         return MG_HP_REQUEST;
     }
     /* a callback refused it (llhttp reports a refusal from on_headers_complete
@@ -734,7 +785,9 @@ void mg_http_on_accept(uv_stream_t *server, int status)
     if (w->conns) w->conns->prev = c;
     w->conns = c;
     w->nconns++;
-    int total = __atomic_add_fetch(&total_conns, 1, __ATOMIC_RELAXED);
+    int admin = c->app == MG_APP_ADMIN;
+    int total = __atomic_add_fetch(admin ? &admin_conns : &total_conns, 1, __ATOMIC_RELAXED);
+    int cap = admin ? MG_MAX_ADMIN_CONNECTIONS : w->limits.max_connections;
 
     struct sockaddr_storage ss;
     int sl = sizeof ss;
@@ -744,9 +797,9 @@ void mg_http_on_accept(uv_stream_t *server, int status)
         else uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
         snprintf(c->remote, sizeof c->remote, "%s", ip);
     }
-    if (w->limits.max_connections > 0 && total > w->limits.max_connections) {
-        mg_log(MG_LOG_WARN, "%s: refused, max_connections (%d) reached", c->remote,
-               w->limits.max_connections);
+    if (cap > 0 && total > cap) {
+        mg_log(MG_LOG_WARN, "%s: refused, %s (%d) reached", c->remote,
+               admin ? "the admin listener's connection cap" : "max_connections", cap);
         mg_conn_close(c);
         return;
     }
@@ -806,7 +859,7 @@ static void conn_on_close(uv_handle_t *h)
     else w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     w->nconns--;
-    __atomic_sub_fetch(&total_conns, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(c->app == MG_APP_ADMIN ? &admin_conns : &total_conns, 1, __ATOMIC_RELAXED);
     mg_buf_free(&c->pending);
     mg_hp_free(&c->hp);
     mg_tls_free(c->tls);

@@ -20,6 +20,7 @@
 
 typedef struct {
     const char *p, *end;
+    int too_deep;   /* failed on MG_JSON_MAX_DEPTH, not on the syntax */
 } scan_t;
 
 static void ws(scan_t *s)
@@ -130,7 +131,10 @@ static int value(scan_t *s, int depth);
 
 static int container(scan_t *s, int depth, char close)
 {
-    if (depth > MG_JSON_MAX_DEPTH) return -1;
+    if (depth > MG_JSON_MAX_DEPTH) {
+        s->too_deep = 1;
+        return -1;
+    }
     s->p++;
     ws(s);
     if (s->p < s->end && *s->p == close) {
@@ -275,13 +279,13 @@ static int usage_object(scan_t *s, mg_json_info_t *out, int details)
 static void usage_read(const char *v, const char *end, mg_json_info_t *out)
 {
     for (int i = 0; i < MG_USAGE_N; i++) out->usage[i] = -1;
-    scan_t s = { v, end };
+    scan_t s = { v, end, 0 };
     out->usage_plain = *v == '{' && usage_object(&s, out, 0) == 0 && s.p == end;
 }
 
 int mg_json_scan(const char *body, size_t len, mg_json_info_t *out)
 {
-    scan_t s = { body, body + len };
+    scan_t s = { body, body + len, 0 };
     memset(out, 0, sizeof *out);
     out->model_off = -1;
     out->usage_off = -1;
@@ -310,8 +314,8 @@ int mg_json_scan(const char *body, size_t len, mg_json_info_t *out)
             int vesc = 0;
             if (s.p < s.end && *s.p == '"') {
                 if (string(&s, &vesc) != 0) return -1;
-            } else if (value(&s, 1) != 0) {
-                return -1;
+            } else if (value(&s, 2) != 0) {   /* depth: the level, the top object's being 1 */
+                return s.too_deep ? -2 : -1;
             }
             if (!kesc && klen == 5 && memcmp(k, "model", 5) == 0) {
                 /* the last one wins, as in every decoder */

@@ -741,11 +741,13 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
 
     /* headers: one "name: value\r\n" per line */
     const char *p = headers, *end = headers + hlen;
+    int has_ctype = 0;
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         size_t l = eol ? (size_t)(eol - p) : (size_t)(end - p);
         size_t tl = l;
         if (tl > 0 && p[tl - 1] == '\r') tl--;
+        if (tl >= 13 && strncasecmp(p, "content-type:", 13) == 0) has_ctype = 1;
         if (tl > 0) {
             /* curl_slist_append copies: a NUL-terminated line on the stack is enough */
             char stack[512];
@@ -758,8 +760,10 @@ mg_up_t *mg_up_start(mg_req_t *owner, int64_t waiter, const char *method, const 
         }
         p += l + 1;
     }
-    /* curl adds these unless told not to: we send exactly what Lua asked for */
+    /* curl adds these unless told not to: we send exactly what Lua asked for (a body without a
+     * Content-Type goes without one: pass-through means unchanged) */
     u->hout = curl_slist_append(u->hout, "Expect:");
+    if (!has_ctype) u->hout = curl_slist_append(u->hout, "Content-Type:");
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->hout);
 
     /* the method: every option that decides it is set, since the handle

@@ -918,8 +918,6 @@ static void build_request(mg_up_t *u, const char *method, const h1_url_t *url,
         mg_buf_append(b, "Content-Length: ", 16);
         mg_buf_append_uint(b, blen);
         mg_buf_append(b, "\r\n", 2);
-        /* libcurl's default for a body, kept so that providers see the same */
-        if (!(seen & H_CTYPE)) mg_buf_append(b, "Content-Type: application/x-www-form-urlencoded\r\n", 49);
     }
     mg_buf_append(b, "\r\n", 2);
     if (with_body) mg_buf_append(b, body, blen);

@@ -150,6 +150,7 @@ typedef struct mg_hp {
     unsigned           tail_lf : 1;   /* the last read ended in whitespace with a line break */
     unsigned           version_at_end : 1;  /* the last read ended just after the HTTP version */
     unsigned           in_body : 1;            /* past the header section */
+    char               tail[2];      /* the last two bytes of the last read (see head_bare_lf) */
     unsigned           refuse : 1;   /* set by the caller: a new request gets 503 */
     /* what the last execute did */
     unsigned           began : 1;          /* a request's first byte arrived */

@@ -715,7 +715,8 @@ local function pipeline(ctx)
   local must_be_json = JSON_PATHS[req.path] and req.method == "POST"
   if req.method == "POST" then
     local body = req.body
-    if C.mg_json_scan(body, #body, json_info) == 0 then
+    local scan = C.mg_json_scan(body, #body, json_info)
+    if scan == 0 then
       req.is_json = true
       if json_info.escaped_keys ~= 0 then
         local doc = req.json   -- a key written with escapes may be "model": decode
@@ -736,7 +737,8 @@ local function pipeline(ctx)
         req.stream = json_info.stream ~= 0
       end
     elseif must_be_json then
-      return fail(ctx, 400, "request body is not valid JSON", "invalid_json")
+      return fail(ctx, 400, scan == -2 and "request body nests deeper than 512 levels" or
+        "request body is not valid JSON", "invalid_json")
     end
   end
   local chain = plugins.global(cfg)
@@ -850,6 +852,9 @@ local ADMIN = {
         return admin_json(ctx, 200, { status = "reloaded", generation = state.generation,
           restart_required = status })
       end
+      -- in the error log too, as a failed SIGHUP reload is
+      gw.log("error", "POST /admin/reload: config not reloaded (" .. status .. "); the running config is " ..
+        "unchanged:\n  " .. concat(errs, "\n  "))
       admin_json(ctx, status, { error = {
         message = status == 400 and ("config not reloaded: " .. #errs .. " error(s); the running config is unchanged")
           or (status == 500 and "config reloaded on some workers only" or errs[1]),
@@ -1032,6 +1037,21 @@ local function unsupported(cfg)
   return errs
 end
 
+-- The providers' ca_file, read on every TLS handshake with them: one that cannot be read refuses
+-- a start or a reload, as a listener's certificate does (not `moongate check`, which opens no
+-- file a config names), instead of failing every request to that provider.
+local function unreadable_files(cfg)
+  local errs = {}
+  for name, p in pairs(cfg.providers or {}) do
+    if type(p) == "table" and type(p.ca_file) == "string" then
+      local f, err = io.open(p.ca_file, "rb")
+      if f then f:close() else errs[#errs + 1] = "providers." .. name .. ".ca_file: cannot read " .. tostring(err) end
+    end
+  end
+  table.sort(errs)
+  return errs
+end
+
 local function read_file(path)
   local f, err = io.open(path, "rb")
   if not f then
@@ -1121,7 +1141,8 @@ local function init_run(opts)
     return 1
   end
   local cfg, errs = load_config(src)
-  if not cfg then
+  if cfg then errs = unreadable_files(cfg) end
+  if not cfg or #errs > 0 then
     for _, e in ipairs(errs) do io.stderr:write(e, "\n") end
     return 1
   end
@@ -1212,7 +1233,8 @@ end
 local function init_worker()
   local gen, src = config_source()
   local cfg, errs = load_config(src)
-  if not cfg then
+  if cfg then errs = unreadable_files(cfg) end
+  if not cfg or #errs > 0 then
     for _, e in ipairs(errs) do io.stderr:write(e, "\n") end
     return 1
   end
@@ -1259,6 +1281,7 @@ local function reload(why)
   local cfg, errs = load_config(src)
   if not cfg then return nil, 400, errs end
   errs = require("moongate.consumers").clashes(cfg)
+  for _, e in ipairs(unreadable_files(cfg)) do errs[#errs + 1] = e end
   if #errs > 0 then return nil, 400, errs end
   local old = state.cfg
   local kept = keep_restart_only(old, cfg)

@@ -159,6 +159,25 @@ static void test_depth_limit(void)
     CHECK(mg_json_scan(ok, n, &i) == 0);
 }
 
+/* 512 levels, the top object being the first: 512 pass, 513 are refused as too deep (-2) */
+static void test_depth_is_levels(void)
+{
+    static char doc[2048];
+    for (int levels = 511; levels <= 514; levels++) {
+        size_t n = 0;
+        doc[n++] = '{';
+        memcpy(doc + n, "\"a\":", 4);
+        n += 4;
+        for (int k = 1; k < levels; k++) doc[n++] = '[';
+        for (int k = 1; k < levels; k++) doc[n++] = ']';
+        doc[n++] = '}';
+        mg_json_info_t i;
+        CHECK(mg_json_scan(doc, n, &i) == (levels <= 512 ? 0 : -2));
+    }
+    mg_json_info_t i;
+    CHECK(mg_json_scan("{\"a\":[}", 7, &i) == -1);   /* a syntax error is -1 */
+}
+
 static void test_truncations_never_pass(void)
 {
     /* every strict prefix of a valid object is invalid */
@@ -218,4 +237,4 @@ static void test_members(void)
 }
 
 TEST_MAIN(test_valid_documents, test_invalid_documents, test_model_and_stream, test_long_strings, test_usage_member, test_usage_counts, test_depth_limit,
-          test_truncations_never_pass, test_text_chars, test_members)
+          test_truncations_never_pass, test_text_chars, test_members, test_depth_is_levels)

@@ -201,6 +201,7 @@ describe("auth", function()
       local errs = table.concat(doc.error.errors, "\n")
       assert.matches('consumers[3].name: "erin" is already a consumer created at run time', errs, 1, true)
       assert.matches('consumers[4].key: is already the key of the consumer "erin"', errs, 1, true)
+      assert.matches("POST /admin/reload: config not reloaded (400)", gw:log(), 1, true)
       -- the running config is kept: erin's run-time key still works, and only once in the list
       assert.equal(200, (chat(gw, { Authorization = "Bearer sk-erin-run-time-key" })))
       local _, list = admin(gw, "GET", "/admin/consumers")

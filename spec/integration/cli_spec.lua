@@ -104,6 +104,23 @@ describe("cli", function()
     assert.is_true(refused(port))
   end)
 
+  it("refuses to start with a provider's ca_file it cannot read (check opens no such file)", function()
+    local port = helpers.free_port()
+    local path = write_config(dir, "ca-run.lua", [[
+listen = { "127.0.0.1:${PORT}" }
+admin = { listen = false }
+providers = { p = { type = "openai", base_url = "https://example.invalid/v1", ca_file = "no-such-ca.pem" } }
+backends = { chat = { provider = "p" } }
+routes = { { match = { path_prefix = "/v1" }, backend = "chat" } }
+]], port)
+    local code, out = helpers.run({ helpers.bin(), "-c", path }, { timeout = 10 })
+    assert.equal(1, code, out)
+    assert.matches("providers.p.ca_file: cannot read .*no%-such%-ca%.pem", out)
+    assert.is_true(refused(port))
+    code, out = helpers.run({ helpers.bin(), "check", "-c", path }, { timeout = 10 })
+    assert.equal(0, code, out)
+  end)
+
   it("refuses to start when its listen address is taken: prints it, exits 1", function()
     local socket = require "socket"
     local holder = assert(socket.bind("127.0.0.1", 0))

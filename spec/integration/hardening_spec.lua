@@ -276,7 +276,7 @@ describe("max_connections", function()
     up = helpers.start_fake_upstream()
     gw = helpers.start_gateway([[
 listen = { "127.0.0.1:${PORT}" }
-admin = { listen = false }
+admin = { listen = "127.0.0.1:${ADMIN_PORT}" }
 access_log = false
 limits = { max_connections = 2, header_timeout = "20s", idle_timeout = "20s" }
 providers = { fake = { type = "openai", base_url = "${UP}/v1", api_key = "sk" } }
@@ -306,6 +306,9 @@ routes = { { match = { path_prefix = "/v1" }, backend = "main" } }
     assert.equal("", c3.buf)
     c3:close()
     assert.matches("refused, max_connections (2) reached", gw:log(), 1, true)
+    -- the admin listener's connections are not among them: the probes still answer
+    assert.equal(200, helpers.http(gw.admin_port, { path = "/health", timeout = 5 }).status)
+    assert.equal(200, helpers.http(gw.admin_port, { path = "/ready", timeout = 5 }).status)
     -- the held ones still work
     local res = helpers.http(gw.port, { conn = c1, path = "/v1/models" })
     assert.equal(200, res.status)

@@ -89,6 +89,19 @@ for _, mode in ipairs({ "native", "curl" }) do
       assert.equal(big, r.body)
     end)
 
+    it("passes a body without a Content-Type on without one (no transport's default)", function()
+      local res = helpers.http(gw.port, { method = "POST", path = "/v1/files", body = "raw bytes" })
+      assert.equal(200, res.status)
+      local r = up:requests()[1]
+      assert.equal("raw bytes", r.body)
+      assert.is_nil(r.headers["content-type"])
+      -- and one the client sent as it sent it
+      up:reset()
+      helpers.http(gw.port, { method = "POST", path = "/v1/files", body = "x",
+        headers = { ["Content-Type"] = "application/octet-stream" } })
+      assert.equal("application/octet-stream", up:requests()[1].headers["content-type"])
+    end)
+
     it("keeps the query string and sends a GET without a body", function()
       local res = helpers.http(gw.port, { method = "GET", path = "/v1/models?limit=2&x=y" })
       assert.equal(200, res.status)
