@@ -9,6 +9,8 @@ local mgffi = require("moongate.ffi")
 local C = mgffi.C
 local co_running, co_yield = coroutine.running, coroutine.yield
 local concat, select, tostring, type = table.concat, select, tostring, type
+local find, getmetatable, pairs, pcall, setmetatable, tonumber =
+  string.find, getmetatable, pairs, pcall, setmetatable, tonumber
 local os_time = os.time
 
 local _M = { _VERSION = "0.1", _current = nil }
@@ -58,19 +60,50 @@ function _M.now()
   return os_time()
 end
 
--- gw.json: decode never raises (nil, err); encode keeps "/" unescaped.
+-- gw.json: decode never raises (nil, err). What a plugin decodes and encodes again keeps what
+-- SPEC §3 keeps of a body: an empty array stays an array (decoded with gw.json.array_mt, which
+-- encode honours, as on any table a plugin makes) and a number is written as the shortest text
+-- that reads back as the same double (lua-cjson 2.1 writes 14 digits and every empty table as
+-- {}). Integers past 2^53 are doubles in Lua: they keep 17 digits. encode keeps "/" unescaped.
+local J = require("moongate.codec.json")
 local json = cjson.new()
+local ARRAY_MT = J.ARRAY
+
+-- moongate.codec.json's tree (numbers as text, ordered objects, its null) as plain Lua values
+local function plain(v)
+  if type(v) ~= "table" then return v end
+  if v == J.null then return cjson.null end
+  local mt = getmetatable(v)
+  if mt == J.RAW then return tonumber(v[1]) end
+  local out
+  if mt == ARRAY_MT then
+    out = setmetatable({}, ARRAY_MT)
+    for i = 1, #v do out[i] = plain(v[i]) end
+  else
+    out = {}
+    for k, x in pairs(v) do out[k] = plain(x) end
+  end
+  return out
+end
+
 _M.json = {
-  decode = function(s) return json.decode(s) end,
+  -- lua-cjson (C) unless the text holds an empty array, which it would decode as {}
+  decode = function(s)
+    if type(s) == "string" and find(s, "%[%s*%]") then
+      local v, err = J.decode(s)
+      if v == nil then return nil, err end
+      return plain(v)
+    end
+    return json.decode(s)
+  end,
   encode = function(v)
-    local s, err = json.encode(v)
-    if s == nil then return nil, err end
-    return (s:gsub("\\/", "/"))
+    local ok, s = pcall(J.encode, v)
+    if not ok then return nil, tostring(s) end
+    return s
   end,
   null = cjson.null,
-  -- cjson 2.1 writes every empty table as {}; one with this metatable is
-  -- meant as a list (the admin API honours it: see runtime's admin_json)
-  array_mt = {},
+  -- a table with this metatable is a list, [] when empty
+  array_mt = ARRAY_MT,
 }
 
 -- _drained(r): for Lua that writes a long body itself (the mock provider):

@@ -446,6 +446,7 @@ local function forward(ctx, chain, att, status, out)
       local rv = attempt_error(ctx, chain, kind, msg)
       if rv == gw.RETRY then return "retry" end
       if rv then return rv end
+      if ctx.error and ctx.error.kind ~= nil then kind = ctx.error.kind end   -- as on_error classified it
       -- nothing left to try: the client learns it with a status, not a cut stream
       return errors.respond(ctx, kind == "timeout" and 504 or 502, "upstream " .. ctx.target.name ..
         (kind == "timeout" and " timed out" or (" failed: " .. tostring(kind))),
@@ -620,6 +621,8 @@ local function proxy(ctx, chain)
       if kind == "client-closed" then return end
       last_err = { kind = kind, message = msg, target = ctx.target.name }
       rv = attempt_error(ctx, chain, kind, msg)
+      -- on_error may classify: the kind it left is what the client's status says (504 for a timeout)
+      if ctx.error and ctx.error.kind ~= nil then last_err.kind = ctx.error.kind end
       if rv == gw.RETRY then goto continue end
       if rv then return answer(ctx, rv, "on_error") end
       break
@@ -691,7 +694,7 @@ local function log_request(ctx)
   local status = C.mg_resp_status(r)
   -- nginx's convention: 499 for a client that left before its answer began
   if status == 0 then status = 499 end
-  local now = C.mg_monotonic()
+  local now = ctx.timings.done or C.mg_monotonic()
   local dur = now - ctx.timings.start
   ctx.timings.done = now
   local route = ctx.route and ctx.route.name or ""
@@ -796,6 +799,7 @@ local function serve_gateway(r, waiter)
   end
   metrics.add("moongate_inflight", "", -1)
   ctx._plugin = nil
+  ctx.timings.done = C.mg_monotonic()   -- for on_log (docs/plugins.md)
   local chain = ctx._chain or plugins.global(ctx.config)
   if #chain.on_log > 0 then
     local lok, lerr = pcall(plugins.run, chain, "on_log", ctx)

@@ -156,6 +156,7 @@ plugins = { { name = "observer", handler = {
     ctx.response.headers["x-seen"] = table.concat(seen, ",")
   end,
   on_error = function(ctx, conf, err)
+    if ctx.request.headers["x-classify"] then err.kind = "timeout" end   -- SPEC §5: on_error classifies
     if not ctx.request.headers["x-observe"] then return end
     local seen = ctx.vars.seen or {}
     ctx.vars.seen = seen
@@ -267,6 +268,11 @@ describe("routing and failover", function()
         return m:find('backend="backoff_gone",target="r429/a",code="499"', 1, true)
       end, 10, "no 499 for the request whose client left")
       assert.same({ "r429" }, whom(up))   -- the second group never saw it
+    end)
+
+    it("answers as on_error classified the last failure (a connect failure called a timeout: 504)", function()
+      local res = chat(gw, "connect_only", { headers = { ["x-classify"] = "1" } })
+      assert.equal(504, res.status)
     end)
 
     it("fails over on a connection failure", function()

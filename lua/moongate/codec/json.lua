@@ -345,6 +345,9 @@ local function eobject(t, buf, n, seen)
   return n
 end
 
+-- lua-cjson's null (a light userdata), for tables that came from it (gw.json)
+local CJSON_NULL = require("cjson.safe").null
+
 function evalue(v, buf, n, seen)
   local tv = type(v)
   if tv == "string" then
@@ -374,7 +377,7 @@ function evalue(v, buf, n, seen)
       end
       seen[v] = nil
     end
-  elseif v == nil then
+  elseif v == nil or v == CJSON_NULL then
     n = n + 1
     buf[n] = "null"
   else
