@@ -509,8 +509,13 @@ static void conn_on_timeout(uv_timer_t *t)
                                          : "request not received in time");
         return;
     }
-    if (c->tls != NULL && c->tls_seen && !mg_tls_handshake_done(c->tls))
+    /* a TLS connection that never finished its handshake and first header section in time (not
+     * one idle after its requests): docs/security.md's timeout */
+    if (c->tls != NULL && (!mg_tls_handshake_done(c->tls) || !c->served_any)) {
+        mg_log(MG_LOG_INFO, "%s: TLS handshake and first request not done in time (timeout); closing",
+               c->remote);
         mg_tls_count_error("timeout");
+    }
     mg_conn_close(c);
 }
 
@@ -1016,6 +1021,7 @@ static void conn_parse(mg_conn_t *c, const char *data, size_t len)
         r->conn = c;
         r->app = c->app;
         c->req = r;                    /* the parser's reference is now the connection's */
+        c->served_any = 1;
         mg_req_retain(r);              /* Lua's, dropped by mg_req_release */
         c->w->inflight++;
         mg_worker_queue(c->w, MG_EV_REQUEST, 0, r, r->app);

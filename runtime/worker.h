@@ -183,6 +183,7 @@ struct mg_conn {
     unsigned       close_after : 1;  /* close once the response is written */
     unsigned       tls_seen : 1;     /* the first bytes of a TLS connection were looked at */
     unsigned       tls_failed : 1;   /* no close_notify: the session is broken */
+    unsigned       served_any : 1;   /* a request was handed over on this connection */
     int            closes_pending;   /* handle close callbacks still to come */
     char           remote[64];
 };

@@ -155,6 +155,15 @@ describe("TLS listener", function()
     helpers.wait_until(function()
       return metric(gw.admin_port, 'moongate_tls_errors_total{reason="timeout"}') >= 1
     end, 5, "timeout counted")
+    -- and one that sends nothing at all is counted too, and logged
+    local before = metric(gw.admin_port, 'moongate_tls_errors_total{reason="timeout"}')
+    local silent = helpers.connect(gw.port)
+    assert.is_true(silent:closed(8), "a silent connection still open after 8s (header_timeout 2s)")
+    silent:close()
+    helpers.wait_until(function()
+      return metric(gw.admin_port, 'moongate_tls_errors_total{reason="timeout"}') >= before + 1
+    end, 5, "the silent connection's timeout counted")
+    assert.matches("TLS handshake and first request not done in time", gw:log(), 1, true)
   end)
 
   it("keeps a TLS connection alive across requests", function()
