@@ -106,6 +106,7 @@ MG_EXPORT int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
  * 1 when s starts (after whitespace) with { and the key "key". */
 MG_EXPORT long mg_utf8_chars(const char *s, size_t len);
 MG_EXPORT long mg_text_chars(const char *s, size_t len);
+MG_EXPORT long mg_text_bytes(const char *s, size_t len);   /* the same text, in bytes */
 MG_EXPORT int  mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next);
 MG_EXPORT int  mg_json_first_key_is(const char *s, size_t len, const char *key, size_t klen);
 

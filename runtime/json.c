@@ -415,7 +415,8 @@ static const unsigned char *member_string(const unsigned char *p, const unsigned
     return q < e && *q == '"' ? q : NULL;
 }
 
-long mg_text_chars(const char *s, size_t len)
+/* the answer text's characters (utf8) or bytes: usage.scan_chars and pricing.text_len */
+static long text_count(const char *s, size_t len, int utf8)
 {
     const unsigned char *p = (const unsigned char *)s, *e = p + len;
     long n = 0;
@@ -431,12 +432,24 @@ long mg_text_chars(const char *s, size_t len)
         /* the value runs to the next quote not escaped by a backslash (or to the end) */
         const unsigned char *q = open + 1;
         while (q < e && *q != '"') q += *q == '\\' && e - q >= 2 ? 2 : 1;
-        if (text_key(p + 1, (size_t)(key_end - p - 1)))
-            n += mg_utf8_chars((const char *)open + 1, (size_t)(q - open - 1));
+        if (text_key(p + 1, (size_t)(key_end - p - 1))) {
+            size_t vl = (size_t)(q - open - 1);
+            n += utf8 ? mg_utf8_chars((const char *)open + 1, vl) : (long)vl;
+        }
         if (q >= e) break;
         p = q + 1;
     }
     return n;
+}
+
+long mg_text_chars(const char *s, size_t len)
+{
+    return text_count(s, len, 1);
+}
+
+long mg_text_bytes(const char *s, size_t len)
+{
+    return text_count(s, len, 0);
 }
 
 int mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next)

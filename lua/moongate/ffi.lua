@@ -57,6 +57,7 @@ typedef struct mg_json_info {
 int mg_json_scan(const char *body, size_t len, mg_json_info_t *out);
 long mg_utf8_chars(const char *s, size_t len);
 long mg_text_chars(const char *s, size_t len);
+long mg_text_bytes(const char *s, size_t len);
 int mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next);
 int mg_json_first_key_is(const char *s, size_t len, const char *key, size_t klen);
 

@@ -195,8 +195,12 @@ local TEXT_FIELDS = { content = true, text = true, reasoning_content = true, thi
                       partial_json = true, arguments = true, refusal = true }
 
 -- text_len(s) -> bytes of text in the JSON string values of TEXT_FIELDS found in s (a body or
--- SSE event; escapes counted as written: an estimate)
+-- SSE event; escapes counted as written: an estimate). In the gateway the scan runs in C
+-- (runtime/json.c, the one usage.scan_chars uses, counting bytes); outside it, this loop.
+local mgffi = require("moongate.ffi")
+local C = mgffi.available and mgffi.C or nil
 function _M.text_len(s)
+  if C then return tonumber(C.mg_text_bytes(s, #s)) end
   local n, pos = 0, 1
   while true do
     local _, b, name = find(s, '"([%w_]+)"%s*:%s*"', pos)

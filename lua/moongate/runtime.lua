@@ -822,22 +822,9 @@ local function admin_authorized(req, token)
   return given ~= nil and token ~= nil and constant_time_eq(given, token)
 end
 
--- Empty lists marked with gw.json.array_mt go out as [] rather than {}.
-local EMPTY_ARRAY = "\0mg-empty-array\0"
-local function mark_arrays(v, seen)
-  if type(v) ~= "table" then return v end
-  if next(v) == nil then return getmetatable(v) == gw.json.array_mt and EMPTY_ARRAY or v end
-  seen = seen or {}
-  if seen[v] then return v end
-  seen[v] = true
-  local out = {}
-  for k, x in pairs(v) do out[k] = mark_arrays(x, seen) end
-  return out
-end
-
+-- (gw.json writes an empty list marked with gw.json.array_mt as [])
 local function admin_json(ctx, status, doc)
-  local body = gw.json.encode(mark_arrays(doc)):gsub('"\\u0000mg%-empty%-array\\u0000"', "[]")
-  send_whole(ctx, status, body, { ["content-type"] = "application/json" })
+  send_whole(ctx, status, assert(gw.json.encode(doc)), { ["content-type"] = "application/json" })
 end
 
 -- /admin/* endpoints: path -> method -> handler(ctx, req)
@@ -927,7 +914,7 @@ local function admin_handle(r, req, ctx)
             return send_whole(ctx, status, doc, headers)
           end
           if headers then
-            local body = gw.json.encode(mark_arrays(doc)):gsub('"\\u0000mg%-empty%-array\\u0000"', "[]")
+            local body = assert(gw.json.encode(doc))
             headers["content-type"] = headers["content-type"] or "application/json"
             return send_whole(ctx, status, body, headers)
           end

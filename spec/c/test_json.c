@@ -213,6 +213,9 @@ static void test_text_chars(void)
     CHECK(text_chars("{\"content\":\"abc") == 3);
     CHECK(text_chars("{\"content\":\"ab\\") == 3);   /* a trailing backslash is text too */
     CHECK(text_chars("") == 0);
+    /* the same text in bytes (pricing.text_len): the two-byte é counts twice */
+    const char *b = "{\"text\":\"caf\xc3\xa9\",\"role\":\"x\"}";
+    CHECK(mg_text_bytes(b, strlen(b)) == 5);
     CHECK(mg_utf8_chars("\xe2\x82\xac\x80x", 5) == 2);
 }
 

@@ -17,6 +17,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* the scans of streamed events read the same bytes: nothing outside them, counts within them */
     long chars = mg_text_chars((const char *)data, size);
     REQUIRE(chars >= 0 && (size_t)chars <= size);
+    long bytes = mg_text_bytes((const char *)data, size);
+    REQUIRE(bytes >= chars && (size_t)bytes <= size);
     REQUIRE(mg_utf8_chars((const char *)data, size) <= (long)size);
     int m = mg_json_has_member((const char *)data, size, "usage", 5, '{');
     REQUIRE(m == 0 || m == 1);
