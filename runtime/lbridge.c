@@ -53,6 +53,13 @@ int mg_lua_init(mg_worker_t *w, const char *home, const char *config_path, const
 
     lua_pushcfunction(L, traceback);
     int tb = lua_gettop(L);
+    /* first of all: pairs and next that Debian's LuaJIT cannot mis-iterate (lua/moongate/iter.lua) */
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "moongate.iter");
+    if (lua_pcall(L, 1, 0, tb) != 0) {
+        fprintf(stderr, "moongate: %s\n", lua_tostring(L, -1));
+        return 1;
+    }
     lua_getglobal(L, "require");
     lua_pushstring(L, "moongate.runtime");
     if (lua_pcall(L, 1, 1, tb) != 0) {
