@@ -35,6 +35,7 @@ local _M = {
 }
 
 local ipairs, pairs, type, tostring = ipairs, pairs, type, tostring
+local raw_next = require("moongate.iter").raw_next   -- hot paths (lua/moongate/iter.lua)
 local floor, random, log = math.floor, math.random, math.log
 local bxor, lshift, tobit = bit.bxor, bit.lshift, bit.tobit
 local byte = string.byte
@@ -142,9 +143,7 @@ end
 
 -- ok: candidate set { [target] = factor }
 local function pick_rr(bname, gi, group, ok, n)
-  if n == 1 then
-    for t in pairs(ok) do return t end
-  end
+  if n == 1 then return (raw_next(ok)) end
   local seq, key = rr_order(bname, gi, group, ok, n)
   local len = #seq
   if len == 0 then

@@ -31,6 +31,8 @@ local _M = {
 }
 
 local pairs, sub, type = pairs, string.sub, type
+local raw_next = require("moongate.iter").raw_next   -- hot loops (lua/moongate/iter.lua)
+local NONE = {}
 
 -- the endpoints the gateway knows; anything else is "other" (passed through)
 local ENDPOINTS = {
@@ -335,8 +337,8 @@ function _M.on_upstream_request(ctx, conf)
     return errors.respond(ctx, 501, "provider type " .. tostring(p.type) ..
       " is not supported by this build", "unsupported_provider")
   end
-  for k, v in pairs(p.headers or {}) do up.headers[k:lower()] = v end
-  for k, v in pairs(target.headers or {}) do up.headers[k:lower()] = v end
+  for k, v in raw_next, p.headers or NONE do up.headers[k:lower()] = v end
+  for k, v in raw_next, target.headers or NONE do up.headers[k:lower()] = v end
   local ep, client = endpoint_of(up.method, up.path)
   -- the Anthropic SDK's other calls (models.retrieve: GET /v1/models/{id}) go to an Anthropic
   -- target as they are

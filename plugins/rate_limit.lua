@@ -27,6 +27,7 @@ local pricing = require("moongate.pricing")
 local ceil, max = math.ceil, math.max
 local format, lower, match, sub = string.format, string.lower, string.match, string.sub
 local ipairs, pairs, pcall, tostring, type = ipairs, pairs, pcall, tostring, type
+local raw_next = require("moongate.iter").raw_next   -- hot loops (lua/moongate/iter.lua)
 
 local BY = { consumer = true, team = true, model = true, route = true, ip = true }
 
@@ -238,7 +239,7 @@ function _M.on_response(ctx, conf)
   local v = ctx.vars.rate_limit
   local h = ctx.response and ctx.response.headers
   if not v or not h then return end
-  for k in pairs(h) do
+  for k in raw_next, h do
     if sub(k, 1, 12) == "x-ratelimit-" then h[k] = nil end
   end
   for i = 1, #KINDS do

@@ -29,4 +29,7 @@ if rawget(_G, "pairs") == pairs then
   _G.next = safe_next
 end
 
-return { pairs = safe_pairs, next = safe_next }
+-- raw_next is the built-in next, for moongate's own hot loops: `for k, v in raw_next, t do`.
+-- The parser specialises a loop by the iterator's *name* (pairs, next), so under another name the
+-- loop takes the plain path too, without safe_next's extra call.
+return { pairs = safe_pairs, next = safe_next, raw_next = next }

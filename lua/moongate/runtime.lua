@@ -32,6 +32,7 @@ local tnew = require("table.new")
 local concat, format, getmetatable, ipairs, pairs, pcall, tostring, type =
   table.concat, string.format, getmetatable, ipairs, pairs, pcall, tostring, type
 local str_find, str_lower, str_sub = string.find, string.lower, string.sub
+local raw_next = require("moongate.iter").raw_next   -- hot loops (lua/moongate/iter.lua)
 
 local _M = { _VERSION = "0.1" }
 
@@ -191,10 +192,10 @@ local function upstream_headers(client, own)
     for name in conn:gmatch("[^,%s]+") do drop[str_lower(name)] = true end
   end
   local out = tnew(0, 16)
-  for k, v in pairs(client) do
+  for k, v in raw_next, client do
     if not HOP[k] and not NOT_UPSTREAM[k] and not (drop and drop[k]) then out[k] = v end
   end
-  for k, v in pairs(own) do out[str_lower(k)] = v end
+  for k, v in raw_next, own do out[str_lower(k)] = v end
   return out
 end
 
@@ -630,7 +631,7 @@ local function proxy(ctx, chain)
 
     do
       local out = tnew(0, 16)   -- a provider's usual 5-10 headers and our own 3-4
-      for k, v in pairs(headers) do
+      for k, v in raw_next, headers do
         if not HOP[k] and not NOT_DOWNSTREAM[k] then out[k] = v end
       end
       if headers["content-length"] then out["content-length"] = headers["content-length"] end

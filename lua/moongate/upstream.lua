@@ -22,6 +22,7 @@ local mock = require("moongate.mock")
 local C = mgffi.C
 local co_yield = coroutine.yield
 local pairs, tostring, type = pairs, tostring, type
+local raw_next = require("moongate.iter").raw_next   -- hot loops (lua/moongate/iter.lua)
 local ffi_string = ffi.string
 
 local _M = { _VERSION = "0.1" }
@@ -37,7 +38,7 @@ Real.__index = Real
 local hbuf = require("string.buffer").new(1024)
 local function serialize_headers(h)
   hbuf:reset()
-  for k, v in pairs(h) do
+  for k, v in raw_next, h do
     if v ~= nil and v ~= false then
       if type(v) ~= "string" then v = tostring(v) end
       hbuf:put(k, ": ", v, "\r\n")
