@@ -73,6 +73,10 @@ local function anthropic_stream(res)
       if d.content_block.type == "tool_use" then tools[d.index] = { name = d.content_block.name, json = "" } end
     elseif d.type == "content_block_delta" then
       assert.is_string(open[d.index], "delta for a block not started")
+      assert.not_equal("stopped", open[d.index], "delta for a block already stopped")
+      for k, v in pairs(open) do
+        if k ~= d.index then assert.equal("stopped", v, "a delta while block " .. k .. " is open") end
+      end
       if d.delta.type == "text_delta" then text[#text + 1] = d.delta.text end
       if d.delta.type == "input_json_delta" then tools[d.index].json = tools[d.index].json .. d.delta.partial_json end
     elseif d.type == "content_block_stop" then
@@ -322,6 +326,68 @@ local CASES = {
     function(res)
       assert.equal(502, res.status)
       assert.matches("provider answered 502", body_json(res).error.message)
+    end },
+  { "anthropic error without a type: code is the status",
+    { client = "openai", wire = "anthropic", endpoint = "chat" }, 500, JSON, "anthropic/error_no_type.json",
+    function(res)
+      local doc = body_json(res)
+      assert.equal("something odd happened", doc.error.message)
+      assert.equal("500", doc.error.code)
+    end },
+  { "a non-JSON error's snippet without the provider's trailing newline",
+    { client = "openai", wire = "anthropic", endpoint = "chat" }, 503, "text/html", "anthropic/garbage.html",
+    function(res)
+      local doc = body_json(res)
+      assert.matches("^provider answered 503: %S", doc.error.message)
+      assert.matches("%S$", doc.error.message)
+      assert.equal("503", doc.error.code)
+    end },
+  { "anthropic stream, tools without arguments: '{}' for the OpenAI SDK",
+    { client = "openai", wire = "anthropic", endpoint = "chat", stream = true }, 200, SSE,
+    "anthropic/tool_use_no_input_stream.sse",
+    function(res)
+      assert.is_nil(res.err, res.err)
+      local st = openai_stream(res)
+      assert.same({ "get_time", "get_city" }, st.names)
+      assert.same({ "{}", '{"country": "FR"}' }, st.args)
+      assert.equal("tool_calls", st.finish)
+    end },
+  { "openai stream with interleaved parallel tool calls: one Anthropic block at a time",
+    { client = "anthropic", wire = "openai", endpoint = "chat", stream = true }, 200, SSE,
+    "openai/chat_tool_calls_interleaved_stream.sse",
+    function(res)
+      assert.is_nil(res.err, res.err)
+      local st = anthropic_stream(res)
+      assert.equal("weather", st.tools[0].name)
+      assert.equal('{"city":"Paris"}', st.tools[0].json)
+      assert.equal("time", st.tools[1].name)
+      assert.equal('{"tz":"CET"}', st.tools[1].json)
+      assert.equal("tool_use", st.stop)
+    end },
+  { "openai refusal to an Anthropic client: its text, stop_reason refusal",
+    { client = "anthropic", wire = "openai", endpoint = "chat" }, 200, JSON, "openai/chat_refusal.json",
+    function(res)
+      local doc = body_json(res)
+      assert.same({ { type = "text", text = "I cannot help with that." } }, doc.content)
+      assert.equal("refusal", doc.stop_reason)
+    end },
+  { "openai streamed refusal to an Anthropic client: its text, stop_reason refusal",
+    { client = "anthropic", wire = "openai", endpoint = "chat", stream = true }, 200, SSE,
+    "openai/chat_refusal_stream.sse",
+    function(res)
+      assert.is_nil(res.err, res.err)
+      local st = anthropic_stream(res)
+      assert.equal("I cannot help with that.", st.text)
+      assert.equal("refusal", st.stop)
+    end },
+  { "an OpenAI provider's model-list error to the Anthropic SDK: in Anthropic's shape",
+    { client = "openai", wire = "openai", endpoint = "models", models_style = "anthropic" }, 429, JSON,
+    "openai/error_429.json",
+    function(res)
+      assert.equal(429, res.status)
+      local doc = body_json(res)
+      assert.equal("error", doc.type)
+      assert.equal("rate_limit_error", doc.error.type)
     end },
   { "anthropic model list to the OpenAI SDK",
     { client = "openai", wire = "anthropic", endpoint = "models", models_style = "openai" }, 200, JSON,

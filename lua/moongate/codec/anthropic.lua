@@ -25,7 +25,7 @@ _M.VERSION_HEADER = "2023-06-01"
 
 local STOP_TO_FINISH = {
   end_turn = "stop", stop_sequence = "stop", max_tokens = "length", tool_use = "tool_calls",
-  pause_turn = "stop", refusal = "content_filter",
+  pause_turn = "stop", refusal = "content_filter", model_context_window_exceeded = "length",
 }
 local FINISH_TO_STOP = {
   stop = "end_turn", length = "max_tokens", tool_calls = "tool_use", function_call = "tool_use",
@@ -618,12 +618,18 @@ function _M.response_from_hub(doc, u)
   local msg = choice and obj(choice.message)
   if not msg then return nil, "the provider's answer is not a chat completion" end
   local content = J.array()
+  local refused = false
   if type(msg.content) == "string" and msg.content ~= "" then
     content[1] = J.object("type", "text", "text", msg.content)
   elseif list(msg.content) then
     for _, p in ipairs(msg.content) do
       if obj(p) and str(p.text) then content[#content + 1] = J.object("type", "text", "text", p.text) end
     end
+  end
+  -- a refusal (OpenAI's message.refusal) is the answer's text, with stop_reason "refusal"
+  if #content == 0 and str(msg.refusal) and msg.refusal ~= "" then
+    content[1] = J.object("type", "text", "text", msg.refusal)
+    refused = true
   end
   for _, tc in ipairs(list(msg.tool_calls) or {}) do
     local fn = obj(tc) and obj(tc["function"])
@@ -635,7 +641,8 @@ function _M.response_from_hub(doc, u)
   end
   return J.object("id", str(doc.id) or new_id("msg_"), "type", "message", "role", "assistant",
     "model", str(doc.model) or "", "content", content,
-    "stop_reason", FINISH_TO_STOP[choice.finish_reason] or "end_turn", "stop_sequence", J.null,
+    "stop_reason", (refused and (choice.finish_reason == "stop" or choice.finish_reason == "content_filter"))
+      and "refusal" or FINISH_TO_STOP[choice.finish_reason] or "end_turn", "stop_sequence", J.null,
     "usage", _M.usage_object(u or {}))
 end
 
@@ -678,8 +685,18 @@ function In:event(ev)
       self.tools = self.tools + 1
       self.blocks[idx] = self.tools
       self.tracker:output_text(b.name)
+      -- the arguments come as input_json_delta pieces; an input already in the start (not what
+      -- Anthropic sends, but valid) is the arguments whole
+      local input = obj(b.input)
+      local args = ""
+      if input and next(input) ~= nil then
+        args = J.encode(input)
+        self.tracker:output_text(args)
+      end
+      self.args_sent = self.args_sent or {}
+      self.args_sent[idx] = args ~= ""
       return one(self, J.object("tool_calls", J.array({ J.object("index", self.tools, "id", str(b.id) or "",
-        "type", "function", "function", J.object("name", str(b.name) or "", "arguments", "")) })))
+        "type", "function", "function", J.object("name", str(b.name) or "", "arguments", args)) })))
     elseif b.type == "text" and str(b.text) and b.text ~= "" then
       self.tracker:output_text(b.text)
       return one(self, J.object("content", b.text))
@@ -691,8 +708,10 @@ function In:event(ev)
       self.tracker:output_text(delta.text)
       return one(self, J.object("content", delta.text))
     elseif delta.type == "input_json_delta" and str(delta.partial_json) and delta.partial_json ~= "" then
-      local k = self.blocks[J.num(d.index) or 0]
+      local idx = J.num(d.index) or 0
+      local k = self.blocks[idx]
       if not k then return {} end
+      self.args_sent[idx] = true
       self.tracker:output_text(delta.partial_json)
       return one(self, J.object("tool_calls", J.array({ J.object("index", k,
         "function", J.object("arguments", delta.partial_json)) })))
@@ -719,8 +738,19 @@ function In:event(ev)
     local e = obj(d.error)
     local m = tostring(e and str(e.message) or "unknown")
     return nil, "provider error: " .. m, { message = m, status = errors.provider_status(e) }
+  elseif t == "content_block_stop" then
+    -- a tool called without arguments (input {}, no piece, or only empty ones): OpenAI's
+    -- arguments are a JSON object's text, never "" (the OpenAI SDK parses them)
+    local idx = J.num(d.index) or 0
+    local k = self.blocks[idx]
+    if k and self.args_sent and not self.args_sent[idx] then
+      self.args_sent[idx] = true
+      return one(self, J.object("tool_calls", J.array({ J.object("index", k,
+        "function", J.object("arguments", "{}")) })))
+    end
+    return {}
   end
-  return {} -- ping, content_block_stop, and event types added later
+  return {} -- ping and event types added later
 end
 
 function In:finish()
@@ -761,6 +791,26 @@ function Out:close(buf)
   end
 end
 
+-- The tool calls that began while another tool's block was open: an Anthropic stream has one
+-- block open at a time, and some OpenAI-compatible servers interleave the argument pieces of
+-- parallel calls. Their pieces are kept and each is written as a block of its own when the open
+-- one ends (before text, or at the finish).
+function Out:flush_pending(buf)
+  local pending = self.pending
+  if not pending then return end
+  self.pending, self.pending_by = nil, nil
+  for _, p in ipairs(pending) do
+    local block = self:open_block(J.object("type", "tool_use", "id", p.id, "name", p.name,
+      "input", J.object()), buf)
+    self.tools[p.key] = block
+    if #p.args > 0 then
+      buf[#buf + 1] = ev("content_block_delta", J.object("type", "content_block_delta",
+        "index", block, "delta", J.object("type", "input_json_delta", "partial_json", concat(p.args))))
+    end
+    self:close(buf)
+  end
+end
+
 function Out:open_block(block, buf)
   self:close(buf)
   local i = self.next_block
@@ -778,6 +828,7 @@ function Out:item(it)
     self.ended = true
     if not self.started then self:start(nil, buf) end
     self:close(buf)
+    self:flush_pending(buf)
     local u = self.tracker:publish()
     local uo = _M.usage_object(u)
     buf[#buf + 1] = ev("message_delta", J.object("type", "message_delta",
@@ -793,35 +844,62 @@ function Out:item(it)
     -- one choice only: an Anthropic message has no others
     if choice and (J.num(choice.index) or 0) == 0 then
       local delta = obj(choice.delta) or J.object()
-      if str(delta.content) and delta.content ~= "" then
+      -- a refusal (OpenAI's delta.refusal) is the answer's text for an Anthropic client
+      local text = delta.content
+      if not (str(text) and text ~= "") and str(delta.refusal) and delta.refusal ~= "" then
+        text = delta.refusal
+        self.refused = true
+      end
+      if str(text) and text ~= "" then
         if self.open == nil or self.open ~= self.text_block then
+          self:close(buf)
+          self:flush_pending(buf)
           self.text_block = self:open_block(J.object("type", "text", "text", ""), buf)
         end
         buf[#buf + 1] = ev("content_block_delta", J.object("type", "content_block_delta",
-          "index", self.text_block, "delta", J.object("type", "text_delta", "text", delta.content)))
+          "index", self.text_block, "delta", J.object("type", "text_delta", "text", text)))
       end
       for _, tc in ipairs(list(delta.tool_calls) or {}) do
         tc = obj(tc)
         if tc then
           local key = J.num(tc.index) or 0
           local fn = obj(tc["function"]) or J.object()
+          local args = str(fn.arguments) and fn.arguments ~= "" and fn.arguments or nil
           local block = self.tools[key]
-          if not block then
-            block = self:open_block(J.object("type", "tool_use", "id", str(tc.id) or new_id("toolu_"),
-              "name", str(fn.name) or "", "input", J.object()), buf)
-            self.tools[key] = block
-            self.text_block = nil
-          end
-          if str(fn.arguments) and fn.arguments ~= "" then
-            buf[#buf + 1] = ev("content_block_delta", J.object("type", "content_block_delta",
-              "index", block, "delta", J.object("type", "input_json_delta", "partial_json", fn.arguments)))
+          local pend = self.pending_by and self.pending_by[key]
+          if pend then
+            if args then pend.args[#pend.args + 1] = args end
+          elseif not block and self.open ~= nil and self.open == self.tool_block then
+            -- another call while a tool's block is open: kept until that block ends
+            pend = { key = key, id = str(tc.id) or new_id("toolu_"), name = str(fn.name) or "",
+                     args = { args } }
+            self.pending = self.pending or {}
+            self.pending_by = self.pending_by or {}
+            self.pending[#self.pending + 1] = pend
+            self.pending_by[key] = pend
+          else
+            if not block then
+              block = self:open_block(J.object("type", "tool_use", "id", str(tc.id) or new_id("toolu_"),
+                "name", str(fn.name) or "", "input", J.object()), buf)
+              self.tools[key] = block
+              self.tool_block = block
+              self.text_block = nil
+            end
+            -- pieces for a block already ended (a provider interleaving text and a call) have no
+            -- block to go to
+            if args and self.open == block then
+              buf[#buf + 1] = ev("content_block_delta", J.object("type", "content_block_delta",
+                "index", block, "delta", J.object("type", "input_json_delta", "partial_json", args)))
+            end
           end
         end
       end
       local fr = str(choice.finish_reason)
       if fr then
         self.stop_reason = FINISH_TO_STOP[fr] or "end_turn"
+        if self.refused and fr == "stop" then self.stop_reason = "refusal" end
         self:close(buf)
+        self:flush_pending(buf)
       end
     end
   end

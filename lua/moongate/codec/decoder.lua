@@ -90,14 +90,21 @@ function Decoder:_head(status, headers)
   self.status = status
   local ct = (headers["content-type"] or ""):lower()
   if status < 200 or status >= 300 then
-    if self.same or status < 400 then
+    -- a model list's error goes in the shape of the SDK that asked (GET /v1/models is one path
+    -- for both SDKs), like the list itself
+    local style, same = self.client, self.same
+    if self.endpoint == "models" and self.models_style then
+      style = self.models_style
+      same = style == self.wire
+    end
+    if same or status < 400 then
       self.mode, self.buffer = "pass", false
       return status
     end
-    self.mode, self.buffer = "error", true
+    self.mode, self.buffer, self.error_style = "error", true, style
     headers["content-type"] = "application/json"
     -- Anthropic's 529 "overloaded" is no status an OpenAI SDK knows
-    if status == 529 and self.client == "openai" then return 503 end
+    if status == 529 and style == "openai" then return 503 end
     return status
   end
   if self.endpoint == "models" or self.endpoint == "count_tokens" or self.endpoint == "other" then
@@ -145,7 +152,7 @@ Decoder.head = guarded("head", Decoder._head)
 -- ====================== whole bodies ======================
 
 local function snippet(text)
-  text = tostring(text or ""):gsub("%s+", " ")
+  text = tostring(text or ""):gsub("%s+", " "):match("^ ?(.-) ?$")
   if #text > 200 then text = sub(text, 1, 200) .. "..." end
   return text
 end
@@ -157,8 +164,9 @@ function Decoder:_error(text)
     info = { message = format("provider answered %d: %s", self.status, snippet(text)) }
   end
   local status = self.status
-  if status == 529 and self.client == "openai" then status = 503 end
-  if self.client == "anthropic" then return an.error_body(status, info) end
+  local style = self.error_style or self.client
+  if status == 529 and style == "openai" then status = 503 end
+  if style == "anthropic" then return an.error_body(status, info) end
   return oa.error_body(status, info)
 end
 

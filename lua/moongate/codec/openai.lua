@@ -69,7 +69,8 @@ end
 
 -- error_body(status, info) -> an OpenAI error body
 function _M.error_body(status, info)
-  return errors.body("openai", status, info.message, info.code or info.type)
+  -- code: the provider's error code or type, else its status (docs/providers.md "Errors")
+  return errors.body("openai", status, info.message, info.code or info.type or tostring(status))
 end
 
 -- ====================== streams to an OpenAI client ======================
