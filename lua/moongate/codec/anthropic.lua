@@ -641,8 +641,8 @@ function _M.response_from_hub(doc, u)
   end
   return J.object("id", str(doc.id) or new_id("msg_"), "type", "message", "role", "assistant",
     "model", str(doc.model) or "", "content", content,
-    "stop_reason", (refused and (choice.finish_reason == "stop" or choice.finish_reason == "content_filter"))
-      and "refusal" or FINISH_TO_STOP[choice.finish_reason] or "end_turn", "stop_sequence", J.null,
+    "stop_reason", (refused and choice.finish_reason == "stop") and "refusal"
+      or FINISH_TO_STOP[choice.finish_reason] or "end_turn", "stop_sequence", J.null,
     "usage", _M.usage_object(u or {}))
 end
 
@@ -655,7 +655,7 @@ In.__index = In
 -- t:finish() -> list | nil, err. Usage goes to the tracker as it comes.
 function _M.stream_to_hub(tracker)
   return setmetatable({ tracker = tracker, id = "msg", model = "", created = os_time(),
-    tools = -1, blocks = {} }, In)
+    tools = -1, blocks = {}, args_sent = {} }, In)
 end
 
 local function one(state, delta, finish)
@@ -693,7 +693,6 @@ function In:event(ev)
         args = J.encode(input)
         self.tracker:output_text(args)
       end
-      self.args_sent = self.args_sent or {}
       self.args_sent[idx] = args ~= ""
       return one(self, J.object("tool_calls", J.array({ J.object("index", self.tools, "id", str(b.id) or "",
         "type", "function", "function", J.object("name", str(b.name) or "", "arguments", args)) })))
@@ -743,7 +742,7 @@ function In:event(ev)
     -- arguments are a JSON object's text, never "" (the OpenAI SDK parses them)
     local idx = J.num(d.index) or 0
     local k = self.blocks[idx]
-    if k and self.args_sent and not self.args_sent[idx] then
+    if k and not self.args_sent[idx] then
       self.args_sent[idx] = true
       return one(self, J.object("tool_calls", J.array({ J.object("index", k,
         "function", J.object("arguments", "{}")) })))
