@@ -274,7 +274,8 @@ local function send_respond(ctx, rv)
     h["content-type"] = h["content-type"] or "application/json"
   end
   if ctx.target then h["x-moongate-target"] = h["x-moongate-target"] or ctx.target.name end
-  if ctx.attempt and ctx.attempt > 0 then
+  -- a request that reached the attempt loop says how many it made, even none (503 no target)
+  if ctx.attempt and (ctx.attempt > 0 or ctx.max_attempts) then
     h["x-moongate-attempts"] = h["x-moongate-attempts"] or tostring(ctx.attempt)
   end
   send_whole(ctx, rv.status, body and tostring(body) or "", h)
@@ -551,6 +552,10 @@ local function proxy(ctx, chain)
   -- for plugins (the backoff): the same moment on the wall clock of gw.now()
   ctx.deadline = deadline and (gw.now() + (deadline - C.mg_monotonic())) or nil
   local last_err
+  -- a retryable answer stays open (its body waits in the transfer, unread) until the next
+  -- attempt has a target: when none is left, that answer is what the client gets (SPEC §3:
+  -- the last attempt's upstream status and error), not a made-up 502
+  local held
 
   while ctx.attempt < max_attempts do
     if deadline and ctx.attempt > 0 and C.mg_monotonic() >= deadline then
@@ -561,17 +566,36 @@ local function proxy(ctx, chain)
     ctx.attempt = ctx.attempt + 1
     ctx.target, ctx.provider, ctx.response, ctx.error = nil, nil, nil, nil
     local rv = plugins.run(chain, "on_balance", ctx)
+    local alive = C.mg_req_alive(ctx._req) == 1
+    if held and (rv or ctx.target or not alive) then
+      held.att:close()
+      held = nil
+    end
     if rv then return answer(ctx, rv, "on_balance") end
     -- a client that left while the request waited (a retry's backoff, the backend's queue) gets
     -- no attempt: nothing is sent upstream for nobody, and the logs say 499 for the last target
     -- tried (the balancer's hold on the new one is released in its on_log)
-    if C.mg_req_alive(ctx._req) ~= 1 then
+    if not alive then
       ctx.attempt = ctx.attempt - 1
       ctx.target, ctx.provider = last_target or ctx.target, last_provider or ctx.provider
       return
     end
     if not ctx.target then
       ctx.attempt = ctx.attempt - 1
+      if held then
+        ctx.target, ctx.provider, ctx.upstream, ctx.response = held.target, held.provider, held.upstream,
+          held.response
+        local att = held.att
+        held = nil
+        local res = forward(ctx, chain, att, ctx.response.status, ctx.response.headers)
+        att:close()
+        if res == "retry" then
+          last_err = ctx.error
+          break
+        end
+        if res then return answer(ctx, res, "on_error") end
+        return
+      end
       if last_err then break end
       return fail(ctx, 503, ctx.vars.no_target_reason or ("no target is available for backend " ..
         tostring(backend and backend.name)), "no_target")
@@ -642,7 +666,9 @@ local function proxy(ctx, chain)
       rv = plugins.run(chain, "on_response", ctx)
       if rv == gw.RETRY and ctx.attempt < max_attempts and
          not (deadline and C.mg_monotonic() >= deadline) then
-        att:close()
+        if held then held.att:close() end
+        held = { att = att, target = ctx.target, provider = ctx.provider, upstream = ctx.upstream,
+                 response = ctx.response }
         last_err = { kind = "status", status = status, target = ctx.target.name }
         if not ctx.tried then ctx.tried = {} end
         ctx.tried[#ctx.tried + 1] = ctx.target.name .. " (" .. status .. ")"
@@ -666,6 +692,7 @@ local function proxy(ctx, chain)
     ::continue::
   end
 
+  if held then held.att:close() end
   -- every attempt failed: the client learns which targets failed and how;
   -- libcurl's own messages (addresses of internal providers) stay in the log
   local e = last_err or {}

@@ -91,6 +91,11 @@ backends = {
     health = { eviction = { duration = "30s" } }, retry = { attempts = 2 } },
   nopanic = { targets = { { provider = "r429", model = "a", name = "p1" } },
     health = { eviction = { duration = "30s" }, panic = false }, retry = { attempts = 1 } },
+  -- attempts left but no target: the one target is evicted by its own 429
+  gone429 = { targets = { { provider = "r429ra", model = "a", name = "only" } },
+    health = { eviction = { duration = "30s" }, panic = false }, retry = { attempts = 3 } },
+  gone_pair = { targets = { { provider = "r500", model = "a", name = "x" }, { provider = "r503", model = "b", name = "y" } },
+    health = { eviction = { duration = "30s" }, panic = false }, retry = { attempts = 5 } },
   manual = { targets = { { provider = "good", model = "a", name = "one" }, { provider = "good2", model = "b", name = "two" } } },
   weighted = { targets = { { provider = "good", model = "a", name = "light", weight = 1 },
                            { provider = "good2", model = "b", name = "heavy", weight = 2 } } },
@@ -138,7 +143,7 @@ routes = {
       connect = "connect", connect_only = "connect_only", backoff_gone = "backoff_gone", two_dead = "two_dead", ttfb = "ttfb", ttfb_only = "ttfb_only",
       total = "total", stream_first = "stream_first", stream_cut = "stream_cut", evict = "evict",
       idle = "idle", midway = "midway",
-      hinted = "hinted", panic = "panic", nopanic = "nopanic", manual = "manual", weighted = "weighted",
+      hinted = "hinted", panic = "panic", nopanic = "nopanic", gone429 = "gone429", gone_pair = "gone_pair", manual = "manual", weighted = "weighted",
       canary = "canary", sticky = "sticky", capped = "capped", capped_short = "capped_short",
       least = "least", random = "random", priority3 = "priority3", cheap_premium = "cheap_premium",
       cheap_down = "cheap_down" } },
@@ -409,7 +414,30 @@ describe("routing and failover", function()
       local res = chat(gw, "nopanic")
       assert.equal(503, res.status)
       assert.truthy(helpers.json(res).error.message:find("evicted", 1, true))
+      assert.equal("0", res.headers["x-moongate-attempts"])
       assert.same({}, whom(up))
+    end)
+
+    it("answers the provider's own 429 when its eviction leaves nothing to try, attempts or not", function()
+      local res = chat(gw, "gone429")
+      assert.equal(429, res.status)
+      assert.equal("30", res.headers["retry-after"])
+      assert.equal("only", res.headers["x-moongate-target"])
+      assert.equal("1", res.headers["x-moongate-attempts"])
+      assert.equal("fake upstream error 429", helpers.json(res).error.message)   -- the provider's own error
+      assert.same({ "r429ra" }, whom(up))
+      -- the same through the Anthropic endpoint: the provider's error in the Anthropic shape
+      up:reset()
+      res = helpers.http(gw.port, { method = "POST", path = "/v1/messages",
+        headers = { ["content-type"] = "application/json", ["anthropic-version"] = "2023-06-01" },
+        body = '{"model":"gone_pair","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}' })
+      assert.equal(503, res.status)
+      assert.equal("7", res.headers["retry-after"])
+      assert.equal("2", res.headers["x-moongate-attempts"])
+      local doc = helpers.json(res)
+      assert.equal("error", doc.type)
+      assert.equal("fake upstream error 503", doc.error.message)
+      assert.same({ "r500", "r503" }, whom(up))
     end)
 
     it("drains a target by hand and returns it", function()
