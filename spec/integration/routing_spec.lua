@@ -443,9 +443,14 @@ describe("routing and failover", function()
     it("drains a target by hand and returns it", function()
       local res = admin(gw, "POST", "/admin/backends/manual/targets/one/evict")
       assert.equal(200, res.status)
+      local doc = helpers.json(res)   -- the target as GET /admin/backends shows it
+      assert.equal("one", doc.name)
+      assert.equal("evicted", doc.state)
+      assert.equal(1, doc.group)
       for _ = 1, 4 do assert.equal("two", chat(gw, "manual").headers["x-moongate-target"]) end
       res = admin(gw, "POST", "/admin/backends/manual/targets/one/restore")
       assert.equal(200, res.status)
+      assert.equal(1, helpers.json(res).group)
       helpers.wait_until(function() return chat(gw, "manual").headers["x-moongate-target"] == "one" end, 10,
         "a restored target gets traffic again")
       assert.equal(404, (admin(gw, "POST", "/admin/backends/manual/targets/nope/evict")).status)

@@ -16,9 +16,9 @@ end
 local function find_target(cfg, bname, tname)
   local b = cfg.backends and cfg.backends[bname]
   if not b then return nil, nil, "unknown backend " .. bname end
-  for _, g in ipairs(b.groups) do
+  for gi, g in ipairs(b.groups) do
     for _, t in ipairs(g.targets) do
-      if t.name == tname then return b, t end
+      if t.name == tname then return b, t, nil, gi end
     end
   end
   return b, nil, "backend " .. bname .. " has no target " .. tname
@@ -47,8 +47,15 @@ admin.route("GET", "/admin/backends", function(req, params, cfg)
   return 200, { backends = setmetatable(out, gw.json.array_mt), now = gw.now() }
 end)
 
+-- the target as GET /admin/backends shows it
+local function report(b, t, gi)
+  local r = health.report(b.name, t, health.policy(b))
+  r.group = gi
+  return r
+end
+
 admin.route("POST", "/admin/backends/{backend}/targets/{name}/evict", function(req, params, cfg)
-  local b, t, err = find_target(cfg, params.backend, params.name)
+  local b, t, err, gi = find_target(cfg, params.backend, params.name)
   if not t then return 404, { error = { message = err } } end
   -- optional body {"duration": seconds}: a drain that ends by itself
   local seconds = health.FOREVER
@@ -65,14 +72,14 @@ admin.route("POST", "/admin/backends/{backend}/targets/{name}/evict", function(r
     end
   end
   health.evict(b.name, t, seconds, "manual", health.policy(b))
-  return 200, health.report(b.name, t, health.policy(b))
+  return 200, report(b, t, gi)
 end)
 
 admin.route("POST", "/admin/backends/{backend}/targets/{name}/restore", function(req, params, cfg)
-  local b, t, err = find_target(cfg, params.backend, params.name)
+  local b, t, err, gi = find_target(cfg, params.backend, params.name)
   if not t then return 404, { error = { message = err } } end
   health.restore(b.name, t, health.policy(b))
-  return 200, health.report(b.name, t, health.policy(b))
+  return 200, report(b, t, gi)
 end)
 
 return true
