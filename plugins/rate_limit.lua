@@ -213,13 +213,19 @@ function _M.on_request(ctx, conf)
       if not ok then
         if held then for i = 1, #held, 3 do l:settle(held[i], held[i + 1], 0) end end
         metrics.add("moongate_ratelimited_total", metrics.ratelimit_labels(rule.name), 1)
-        local wait = max(1, ceil(st.retry_after - 1e-6))
+        local who = rule.by == "ip" and "this address" or (rule.by .. " " .. tostring(subj))
+        -- a limit of 0 admits nothing: its Retry-After is a window, the soonest a reload could change it
+        local wait = max(1, ceil((st.retry_after or rule.window) - 1e-6))
         local headers = { ["retry-after"] = tostring(wait) }
         put_headers(headers, rule.kind, st)
-        local who = rule.by == "ip" and "this address" or (rule.by .. " " .. tostring(subj))
-        return errors.respond(ctx, 429, format("Rate limit reached for %s on %s (rule %s): %d per %s. " ..
-          "Please try again in %ds.", rule.kind, who, rule.name, rule.limit, limiter.duration(rule.window),
-          wait), "rate_limit_exceeded", headers)
+        local msg
+        if not st.retry_after then
+          msg = format("Rate limit reached for %s on %s (rule %s): it allows none.", rule.kind, who, rule.name)
+        else
+          msg = format("Rate limit reached for %s on %s (rule %s): %d per %s. Please try again in %ds.",
+            rule.kind, who, rule.name, rule.limit, limiter.duration(rule.window), wait)
+        end
+        return errors.respond(ctx, 429, msg, "rate_limit_exceeded", headers)
       end
       if not held then
         held = {}

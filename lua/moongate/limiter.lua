@@ -20,7 +20,7 @@
 --
 --   local lim = limiter.new(store, clock)   store: get/reserve/settle as gw.shared; clock() -> s
 --   ok, st = lim:admit(base, n, limit, size, burst)
---     st = { key, limit, used, remaining, reset, retry_after (refused only) }
+--     st = { key, limit, used, remaining, reset, retry_after (refused only; nil for a limit of 0) }
 --   lim:settle(key, reserved, actual)
 --   st = lim:peek(base, limit, size, burst)    the same figures, nothing reserved
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
@@ -49,8 +49,10 @@ local function allowance(limit, burst, prev)
 end
 _M.allowance = allowance
 
--- retry_after(...) -> seconds until used < allowance again (what a refused client waits for)
+-- retry_after(...) -> seconds until used < allowance again (what a refused client waits for),
+-- or nil for a limit of 0, which never admits anything
 function _M.retry_after(prev, curr, elapsed, size, limit, burst)
+  if limit <= 0 then return nil end
   local a = allowance(limit, burst, prev)
   if prev > 0 then
     -- this window: prev * (1 - t / size) + curr < a  once t passes

@@ -27,7 +27,9 @@ plugins = {
   { name = "rate_limit", rules = {
       { by = "consumer", requests = 3, window = "${WINDOW}", name = "per-consumer" },
       { by = "team", tokens = 60, window = "1h", name = "team-tokens",
-        when = "request.headers['x-tokens'] == 'on'" } } },
+        when = "request.headers['x-tokens'] == 'on'" },
+      { by = "consumer", requests = 0, window = "1m", name = "blocked",
+        when = "request.headers['x-blocked'] == 'on'" } } },
 }
 ]]
 
@@ -99,6 +101,17 @@ describe("rate_limit", function()
       -- and alice passes again once the window has moved on
       helpers.wait_until(function() return chat(gw, "sk-alice-0123456789") == 200 end, 10,
         "alice was still refused")
+    end)
+
+    it("refuses everything under a rule of 0 requests, with a whole-second Retry-After", function()
+      local status, h, doc = chat(gw, "sk-zoe-0123456789", { ["x-blocked"] = "on" })
+      assert.equal(429, status)
+      assert.equal("60", h["retry-after"])
+      assert.equal("0", h["x-ratelimit-limit-requests"])
+      assert.equal("0", h["x-ratelimit-remaining-requests"])
+      assert.equal("rate_limit_exceeded", doc.error.code)
+      assert.truthy(doc.error.message:find("rule blocked", 1, true), doc.error.message)
+      assert.truthy(doc.error.message:find("allows none", 1, true), doc.error.message)
     end)
 
     it("counts refusals per rule in moongate_ratelimited_total", function()

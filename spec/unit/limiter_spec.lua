@@ -127,9 +127,11 @@ describe("limiter", function()
       end
     end)
 
-    it("refuses everything with a limit of 0", function()
+    it("refuses everything with a limit of 0, with no wait that would end it (not NaN)", function()
       local lim = setup()
-      assert.is_false((lim:admit("k", 1, 0, 10, 0)))
+      local ok, st = lim:admit("k", 1, 0, 10, 0)
+      assert.is_false(ok)
+      assert.is_nil(st.retry_after)
     end)
 
     it("allows a burst after an idle window, then the steady rate", function()
