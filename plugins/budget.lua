@@ -25,8 +25,7 @@
 -- sends an error event in the client's format and drops the rest of the stream.
 --
 -- Spend lives in gw.shared; at start, rebuild() puts each budget's current period back from the
--- ledger's totals (SPEC §8), before any worker serves: a restart loses nothing recorded. Model
--- budgets are rebuilt from the ledger's per-model totals, which count the target's model. With
+-- ledger (SPEC §8), before any worker serves: a restart loses nothing recorded. With
 -- cluster.redis, Redis keeps the spend and rebuild() does not overwrite it (see rebuild).
 --
 -- Priority 1900: after rate_limit (2000), before cost (1800).
@@ -180,39 +179,50 @@ end
 ---------------------------------------------------------------------------------------------------
 
 -- rebuild(cfg, ledger) -> number of counters set: each budget's spend in its current period, from
--- the ledger's aggregates (moongate.ledger.totals), into gw.shared. Main thread, before workers.
+-- the ledger, into gw.shared. Main thread, before workers. The aggregates (moongate.ledger.totals)
+-- answer when they hold the period exactly (it starts on an hour, day or month they keep); a
+-- period they cannot cut ("90m", or older than their hour buckets) is summed from the records
+-- themselves, in one pass from the earliest such start. A model budget counts the billed model
+-- and, where the client asked for another name, the asked one (the asked_model aggregate), as
+-- admission does (applicable).
 -- With cluster.redis the spend in Redis is every instance's (SPEC §8) and this ledger holds only
 -- this instance's share: a counter Redis holds is left as it is, and one it lost (a new period, a
 -- flushed Redis) gets this instance's share added, never set, so nothing another instance counted
 -- meanwhile is overwritten.
+local DIM_OF = { consumer = { "consumer" }, team = { "team" }, model = { "model", "asked_model" } }
+
 function _M.rebuild(cfg, ledger)
   local cluster = cfg.cluster and cfg.cluster.redis
   local now = gw.now()
-  local totals = {}   -- dim .. start -> { [key] = { cost_usd = } }
-  local set = 0
-  local function put(scope, dim, name, budget)
+  local totals = {}   -- dim .. start -> { [key] = { cost_usd = } } | false (not exact)
+  local wanted = {}   -- { scope, name, budget, start, finish, spend }
+  local scan_from   -- the earliest start of a period the aggregates cannot answer
+  local function put(scope, name, budget)
     if type(name) ~= "string" or not budget or not budget.period then return end
     local start, finish = limiter.period_window(budget.period, now)
-    local tk = dim .. "\0" .. start
-    local t = totals[tk]
-    if t == nil then
-      t = ledger.totals(dim, start, now) or false
-      totals[tk] = t
-    end
-    local row = t and t[name]
-    if row and row.cost_usd and row.cost_usd > 0 then
-      local key = _M.key(scope, name, budget.period, now)
-      local ttl = max(1, finish - now + 3600)
-      if not cluster then
-        gw.shared.set(key, row.cost_usd, ttl)
-        set = set + 1
-      elseif gw.shared.get(key) == nil then
-        gw.shared.incr(key, row.cost_usd, ttl)
-        set = set + 1
+    local w = { scope = scope, name = name, budget = budget, start = start, finish = finish, spend = 0 }
+    for _, dim in ipairs(DIM_OF[scope]) do
+      local tk = dim .. "\0" .. start
+      local t = totals[tk]
+      if t == nil then
+        local rows, exact = ledger.totals(dim, start, now)
+        t = rows and exact and rows or false
+        totals[tk] = t
+      end
+      if t == false then
+        w.scan = true
+      else
+        local row = t[name]
+        if row and row.cost_usd then w.spend = w.spend + row.cost_usd end
       end
     end
+    if w.scan then
+      w.spend = 0
+      if not scan_from or start < scan_from then scan_from = start end
+    end
+    wanted[#wanted + 1] = w
   end
-  for _, c in ipairs(cfg.consumers or {}) do put("consumer", "consumer", c.name, c.budget) end
+  for _, c in ipairs(cfg.consumers or {}) do put("consumer", c.name, c.budget) end
   local ok, consumers = pcall(require, "moongate.consumers")
   if ok then
     local units = require("moongate.units")
@@ -220,12 +230,53 @@ function _M.rebuild(cfg, ledger)
     for _, c in ipairs(status == 200 and doc.consumers or {}) do
       if c.source == "admin" and c.budget then
         local period = units.period(c.budget.period)
-        if period then put("consumer", "consumer", c.name, { usd = c.budget.usd, period = period }) end
+        if period then put("consumer", c.name, { usd = c.budget.usd, period = period }) end
       end
     end
   end
-  for name, t in pairs(cfg.teams or {}) do put("team", "team", name, t.budget) end
-  for model, b in pairs(cfg.model_budgets or {}) do put("model", "model", model, b) end
+  for name, t in pairs(cfg.teams or {}) do put("team", name, t.budget) end
+  for model, b in pairs(cfg.model_budgets or {}) do put("model", model, b) end
+
+  if scan_from then
+    local scans = {}
+    for _, w in ipairs(wanted) do
+      if w.scan then scans[#scans + 1] = w end
+    end
+    local _, err = ledger.each_record(scan_from, function(rec)
+      local t, cost = rec.time, rec.cost_usd
+      if type(cost) ~= "number" or cost <= 0 or t >= now then return end
+      for i = 1, #scans do
+        local w = scans[i]
+        if t >= w.start then
+          local name = w.name
+          local hit
+          if w.scope == "model" then
+            hit = rec.model == name or rec.client_model == name
+          else
+            hit = rec[w.scope] == name
+          end
+          if hit then w.spend = w.spend + cost end
+        end
+      end
+    end)
+    if err then gw.log("error", "budget: " .. tostring(err) .. "; budgets of periods the aggregates " ..
+      "cannot cut start from 0") end
+  end
+
+  local set = 0
+  for _, w in ipairs(wanted) do
+    if w.spend > 0 then
+      local key = _M.key(w.scope, w.name, w.budget.period, now)
+      local ttl = max(1, w.finish - now + 3600)
+      if not cluster then
+        gw.shared.set(key, w.spend, ttl)
+        set = set + 1
+      elseif gw.shared.get(key) == nil then
+        gw.shared.incr(key, w.spend, ttl)
+        set = set + 1
+      end
+    end
+  end
   return set
 end
 

@@ -155,7 +155,8 @@ MG_EXPORT int mg_jws_verify(int alg, const void *k1, size_t k1len, const void *k
 
 /* -- the cost ledger (ledger.c): <data_dir>/ledger, one writer thread ---- */
 /* Dimensions of the aggregates, in the order the arguments below take them. */
-enum { MG_LEDGER_TEAM = 0, MG_LEDGER_CONSUMER = 1, MG_LEDGER_MODEL = 2, MG_LEDGER_PROVIDER = 3 };
+enum { MG_LEDGER_TEAM = 0, MG_LEDGER_CONSUMER = 1, MG_LEDGER_MODEL = 2, MG_LEDGER_PROVIDER = 3,
+       MG_LEDGER_ASKED_MODEL = 4 };
 /* Main thread, at start: creates <data_dir>/ledger, takes its lock and opens
  * the newest ledger file (or a new one) for appending. 0, or -1 with err
  * naming the path (nothing is left open then). */
@@ -170,7 +171,8 @@ MG_EXPORT int  mg_ledger_start(int snapshot_now, char *err, size_t errlen);
 /* Replay at start: the same figures into the aggregates, no line written. */
 MG_EXPORT int  mg_ledger_count(double time, const char *team, size_t tl, const char *consumer,
                                size_t cl, const char *model, size_t ml, const char *provider,
-                               size_t pl, double prompt, double completion, double cost_units);
+                               size_t pl, const char *asked, size_t al, double prompt,
+                               double completion, double cost_units);
 /* Snapshot load at start: adds to one bucket (level: 0 hour, 1 day, 2 month;
  * start must be that bucket's start). -1 for a bad dimension, level or start. */
 MG_EXPORT int  mg_ledger_load(int dim, int level, double start, const char *key, size_t klen,

@@ -8,7 +8,9 @@
  * buffer, appends it with write(2) and fdatasync(2)s: a kill -9 loses at most
  * the last flush_interval of records, a clean stop (mg_ledger_close) none.
  *
- * Aggregates: for each dimension (team, consumer, model, provider), key and
+ * Aggregates: for each dimension (team, consumer, model, provider, and
+ * asked_model: the model the client asked for when it is not the billed one,
+ * which a model budget on a client-facing name counts), key and
  * time bucket, four integer counters — requests, prompt tokens, completion
  * tokens, cost in units of 1e-10 USD (integers: sums carry no float noise).
  * Buckets are hours for the current UTC day and the 7 before, days back to the
@@ -49,7 +51,7 @@
 #include "ledger.h"
 #include "log.h"
 
-#define NDIMS          4                /* team, consumer, model, provider (MG_LEDGER_DIM_*) */
+#define NDIMS          5                /* team, consumer, model, provider, asked_model */
 #define NAME_LEN       28               /* "ledger-YYYYMMDD-HHMMSS.jsonl" */
 #define HIGH_WATER     (1u << 20)       /* pending bytes that wake the writer early */
 #define MAX_PENDING    (64u << 20)      /* beyond: records are dropped (and counted) */
@@ -310,7 +312,7 @@ static int64_t count_of(double v)
     return (int64_t)llround(v);
 }
 
-/* One record into the four dimensions. G.mu held. */
+/* One record into every dimension. G.mu held. */
 static void add_record(double time, const char *const keys[NDIMS], const size_t lens[NDIMS],
                        double prompt, double completion, double cost_units)
 {
@@ -535,7 +537,7 @@ static int write_out(mg_buf_t *out, uint64_t rotate_bytes)
     return rc;
 }
 
-static const char *const DIM_NAMES[NDIMS] = { "team", "consumer", "model", "provider" };
+static const char *const DIM_NAMES[NDIMS] = { "team", "consumer", "model", "provider", "asked_model" };
 
 /* snapshot.json: a header line, then one line per bucket:
  *   {"version":1,"file":"ledger-….jsonl","offset":N,"time":T,"buckets":N}
@@ -820,23 +822,26 @@ int mg_ledger_start(int snapshot_now, char *err, size_t errlen)
 
 static void keys_of(const char *team, size_t tl, const char *consumer, size_t cl,
                     const char *model, size_t ml, const char *provider, size_t pl,
-                    const char *keys[NDIMS], size_t lens[NDIMS])
+                    const char *asked, size_t al, const char *keys[NDIMS], size_t lens[NDIMS])
 {
     keys[0] = team;     lens[0] = tl;
     keys[1] = consumer; lens[1] = cl;
     keys[2] = model;    lens[2] = ml;
     keys[3] = provider; lens[3] = pl;
+    /* the asked model counts only where it is not the billed one (else none) */
+    if (asked != NULL && model != NULL && al == ml && memcmp(asked, model, al) == 0) asked = NULL;
+    keys[4] = asked;    lens[4] = asked ? al : 0;
 }
 
 int mg_ledger_append(const char *line, size_t len, double time, const char *team, size_t tl,
                      const char *consumer, size_t cl, const char *model, size_t ml,
-                     const char *provider, size_t pl, double prompt, double completion,
-                     double cost_units)
+                     const char *provider, size_t pl, const char *asked, size_t al,
+                     double prompt, double completion, double cost_units)
 {
     if (!G.open) return -1;
     const char *keys[NDIMS];
     size_t lens[NDIMS];
-    keys_of(team, tl, consumer, cl, model, ml, provider, pl, keys, lens);
+    keys_of(team, tl, consumer, cl, model, ml, provider, pl, asked, al, keys, lens);
     pthread_mutex_lock(&G.mu);
     if (!G.open || G.pending.len + len > MAX_PENDING) {
         uint64_t dropped = ++G.dropped;
@@ -855,13 +860,14 @@ int mg_ledger_append(const char *line, size_t len, double time, const char *team
 }
 
 int mg_ledger_count(double time, const char *team, size_t tl, const char *consumer, size_t cl,
-                    const char *model, size_t ml, const char *provider, size_t pl, double prompt,
-                    double completion, double cost_units)
+                    const char *model, size_t ml, const char *provider, size_t pl,
+                    const char *asked, size_t al, double prompt, double completion,
+                    double cost_units)
 {
     if (!G.open) return -1;
     const char *keys[NDIMS];
     size_t lens[NDIMS];
-    keys_of(team, tl, consumer, cl, model, ml, provider, pl, keys, lens);
+    keys_of(team, tl, consumer, cl, model, ml, provider, pl, asked, al, keys, lens);
     pthread_mutex_lock(&G.mu);
     add_record(time, keys, lens, prompt, completion, cost_units);
     pthread_mutex_unlock(&G.mu);

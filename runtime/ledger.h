@@ -8,13 +8,14 @@
 #include <stdint.h>
 
 /* Any thread: one record (record.c hands each request's over) — its JSON
- * line (a newline is added when missing) and the figures the aggregates count. A key may be NULL (none). cost_units
+ * line (a newline is added when missing) and the figures the aggregates count. A key may be NULL (none);
+ * asked is the client's model (counted only when it is not model). cost_units
  * is the cost in 1e-10 USD. 0, or -1 when the ledger is not open or the
  * writer is too far behind (the record is dropped, and logged). */
 int     mg_ledger_append(const char *line, size_t len, double time, const char *team,
                          size_t tl, const char *consumer, size_t cl, const char *model,
-                         size_t ml, const char *provider, size_t pl, double prompt,
-                         double completion, double cost_units);
+                         size_t ml, const char *provider, size_t pl, const char *asked,
+                         size_t al, double prompt, double completion, double cost_units);
 
 /* Bucket sizes of the aggregates, finest first. */
 enum { MG_LEDGER_HOUR = 0, MG_LEDGER_DAY = 1, MG_LEDGER_MONTH = 2 };

@@ -251,6 +251,7 @@ int mg_record_ledger(const mg_record_t *r)
     const char *l = mg_record_ledger_line(r, &n);
     return mg_ledger_append(l, n, r->time, r->team, r->team_len, r->consumer, r->consumer_len,
                             r->model, r->model_len, r->provider, r->provider_len,
+                            r->client_model, r->client_model_len,
                             (double)tokens(r, r->prompt),
                             (double)tokens(r, r->completion),
                             r->has_cost ? (double)mg_record_cost_units(r->cost_usd) : 0);

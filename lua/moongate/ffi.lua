@@ -86,7 +86,8 @@ void mg_ledger_configure(double flush_interval, double snapshot_interval, double
 int  mg_ledger_start(int snapshot_now, char *err, size_t errlen);
 int  mg_ledger_count(double time, const char *team, size_t tl, const char *consumer, size_t cl,
                      const char *model, size_t ml, const char *provider, size_t pl,
-                     double prompt, double completion, double cost_units);
+                     const char *asked, size_t al, double prompt, double completion,
+                     double cost_units);
 int  mg_ledger_load(int dim, int level, double start, const char *key, size_t klen,
                     double requests, double prompt, double completion, double cost_units);
 int  mg_ledger_query(int dim, double since, double until, double *eff_since, double *eff_until);

@@ -28,9 +28,12 @@ local ipairs, tonumber, tostring, type = ipairs, tonumber, tostring, type
 
 local _M = { _VERSION = "0.1" }
 
--- Dimensions of the aggregates, as runtime/ffi.h numbers them (MG_LEDGER_*).
-local DIMS = { team = 0, consumer = 1, model = 2, provider = 3 }
+-- Dimensions of the aggregates, as runtime/ledger.c numbers them. asked_model (the client's
+-- model where it is not the billed one: what a model budget on a client-facing name also counts)
+-- is for the budget plugin; GROUP_BY is what GET /admin/costs offers.
+local DIMS = { team = 0, consumer = 1, model = 2, provider = 3, asked_model = 4 }
 _M.DIMS = DIMS
+_M.GROUP_BY = { team = true, consumer = true, model = true, provider = true }
 
 local DEFAULTS = { flush_interval = 1, snapshot_interval = 300, rotate_size = 64 * 1048576 }
 _M.DEFAULTS = DEFAULTS
@@ -346,9 +349,10 @@ end
 local C_SINK = {
   count = function(r)
     local team, cname = rec_str(r.team), rec_str(r.consumer)
-    local model, provider = rec_str(r.model), rec_str(r.provider)
+    local model, provider, asked = rec_str(r.model), rec_str(r.provider), rec_str(r.client_model)
     C.mg_ledger_count(r.time, team, len(team), cname, len(cname), model, len(model), provider,
-      len(provider), int(r.prompt_tokens), int(r.completion_tokens), units(r.cost_usd))
+      len(provider), asked, len(asked), int(r.prompt_tokens), int(r.completion_tokens),
+      units(r.cost_usd))
   end,
   load = function(dim, key, level, start, requests, prompt, completion, cost)
     C.mg_ledger_load(dim, level, start, key, len(key), requests or 0, prompt or 0, completion or 0,
@@ -466,7 +470,7 @@ local g_req, g_p, g_c, g_u = ffi.new("double[1]"), ffi.new("double[1]"), ffi.new
 -- to the whole buckets that answer it.
 function _M.query(group_by, since, till)
   local dim = DIMS[group_by]
-  if not dim then return nil, "group_by: expected team, consumer, model or provider" end
+  if not dim then return nil, "group_by: expected team, consumer, model, provider or asked_model" end
   local n = C.mg_ledger_query(dim, since, till, q_since, q_until)
   if n < 0 then return nil, "the ledger is not open" end
   local out = {}

@@ -135,14 +135,22 @@ static const row_t *find(const row_t *rows, int n, const char *key)
     return NULL;
 }
 
-static void append(double t, const char *team, const char *consumer, const char *model,
-                   double prompt, double completion, double units)
+/* asked: the client's model (NULL: the billed one) */
+static void append_asked(double t, const char *team, const char *consumer, const char *model,
+                         const char *asked, double prompt, double completion, double units)
 {
     char line[256];
     int n = snprintf(line, sizeof line, "{\"time\":%.3f,\"team\":\"%s\"}", t, team ? team : "");
+    if (asked == NULL) asked = model;
     CHECK(mg_ledger_append(line, (size_t)n, t, team, team ? strlen(team) : 0, consumer,
                            consumer ? strlen(consumer) : 0, model, strlen(model), "openai", 6,
-                           prompt, completion, units) == 0);
+                           asked, strlen(asked), prompt, completion, units) == 0);
+}
+
+static void append(double t, const char *team, const char *consumer, const char *model,
+                   double prompt, double completion, double units)
+{
+    append_asked(t, team, consumer, model, NULL, prompt, completion, units);
 }
 
 static void test_aggregates_and_writer(void)
@@ -153,7 +161,7 @@ static void test_aggregates_and_writer(void)
     CHECK(mg_ledger_start(0, err, sizeof err) == 0);
     double now = (double)time(NULL);
     append(now, "search", "alice", "gpt-4o", 11, 29, 3175000);
-    append(now, "search", "bob", "gpt-4o", 10, 20, 2000000);
+    append_asked(now, "search", "bob", "gpt-4o", "fast", 10, 20, 2000000);   /* asked for an alias */
     append(now, NULL, NULL, "gpt-4o-mini", 1, 2, 1);
     append(now - 40 * 86400.0, "search", "alice", "gpt-4o", 100, 100, 10);   /* a day bucket */
 
@@ -175,6 +183,10 @@ static void test_aggregates_and_writer(void)
     CHECK(es == (double)mg_ledger_bucket_start(MG_LEDGER_DAY, (int64_t)(now - 41 * 86400.0)));
     n = query(MG_LEDGER_PROVIDER, now - 3600, now + 1, rows, 8, &es, &eu);
     CHECK(n == 1 && find(rows, n, "openai") && find(rows, n, "openai")->requests == 3);
+    /* the asked model counts only where it is not the billed one */
+    n = query(MG_LEDGER_ASKED_MODEL, now - 3600, now + 1, rows, 8, &es, &eu);
+    CHECK(n == 2 && find(rows, n, "fast") && find(rows, n, "fast")->units == 2000000);
+    CHECK(find(rows, n, NULL) && find(rows, n, NULL)->requests == 2 && !find(rows, n, "gpt-4o"));
     CHECK(mg_ledger_query(7, 0, now, &es, &eu) == -1);
     CHECK(mg_ledger_group(99, &rows[0].key, &(size_t){ 0 }, &es, &es, &es, &es) == -1);
 
@@ -198,7 +210,7 @@ static void test_aggregates_and_writer(void)
 
     mg_ledger_close();
     CHECK(mg_ledger_query(MG_LEDGER_TEAM, 0, now, &es, &eu) == -1);
-    CHECK(mg_ledger_append(S("{}"), now, NULL, 0, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0) == -1);
+    CHECK(mg_ledger_append(S("{}"), now, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0) == -1);
 
     /* the snapshot: the position after the 4 lines, one line per bucket */
     char path[600];
@@ -229,7 +241,7 @@ static void test_load_and_reopen(void)
     CHECK(mg_ledger_load(MG_LEDGER_TEAM, MG_LEDGER_HOUR, (double)h, NULL, 0, 1, 0, 0, 0) == 0);
     CHECK(mg_ledger_load(MG_LEDGER_TEAM, MG_LEDGER_HOUR, (double)h + 5, S("x"), 1, 0, 0, 0) == -1);
     CHECK(mg_ledger_load(9, MG_LEDGER_HOUR, (double)h, S("x"), 1, 0, 0, 0) == -1);
-    CHECK(mg_ledger_count((double)h + 10, S("search"), S("alice"), S("m"), S("p"), 1, 2, 5) == 0);
+    CHECK(mg_ledger_count((double)h + 10, S("search"), S("alice"), S("m"), S("p"), S("m"), 1, 2, 5) == 0);
     row_t rows[4];
     double es, eu;
     int n = query(MG_LEDGER_TEAM, (double)h, (double)h + 3600, rows, 4, &es, &eu);

@@ -108,6 +108,49 @@ describe("budget", function()
     assert.equal("rate_limit_error", doc.error.type)
   end)
 
+  describe("rebuild at start", function()
+    -- a ledger whose aggregates answer `exact` as told, and whose records are `recs`
+    local function fake_ledger(rows, exact, recs)
+      return {
+        totals = function(dim) return rows[dim] or {}, exact end,
+        each_record = function(since, fn)
+          local n = 0
+          for _, r in ipairs(recs) do
+            if r.time >= since then n = n + 1; fn(r) end
+          end
+          return n
+        end,
+      }
+    end
+
+    it("sums a period the aggregates cannot cut from the records, not the whole hour", function()
+      local now = gw.now()
+      local period = { seconds = 1800 }
+      local start = math.floor(now / 1800) * 1800
+      local cfg = { consumers = { { name = "bob", key_sha256 = string.rep("ab", 32), budget = { usd = 5, period = period } } } }
+      local led = fake_ledger({ consumer = { bob = { cost_usd = 4 } } }, false, {
+        { time = start - 1, consumer = "bob", cost_usd = 3 },       -- the period before
+        { time = start, consumer = "bob", cost_usd = 0.25 },
+        { time = now - 0.001, consumer = "bob", cost_usd = 0.5 },
+        { time = start + 1, consumer = "eve", cost_usd = 9 },
+        { time = start + 1, consumer = "bob", cost_usd = gw.json.null },
+      })
+      assert.equal(1, budget.rebuild(cfg, led))
+      assert.equal(0.75, gw.shared.get(budget.key("consumer", "bob", period, now)))
+    end)
+
+    it("counts a model budget's billed and asked names, as admission does", function()
+      local now = gw.now()
+      local period = { seconds = 86400 }
+      local cfg = { model_budgets = { alias = { usd = 1, period = period }, priced = { usd = 1, period = period } } }
+      local led = fake_ledger({ model = { priced = { cost_usd = 0.5 } },
+                                asked_model = { alias = { cost_usd = 0.25 } } }, true, {})
+      assert.equal(2, budget.rebuild(cfg, led))
+      assert.equal(0.25, gw.shared.get(budget.key("model", "alias", period, now)))
+      assert.equal(0.5, gw.shared.get(budget.key("model", "priced", period, now)))
+    end)
+  end)
+
   describe("hard budgets", function()
     local function stream_ctx(team)
       local ctx = ctx_for({ name = "erin", team = team }, { max_tokens = 10 })

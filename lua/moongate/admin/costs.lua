@@ -23,7 +23,7 @@ end
 function _M.answer(q, now)
   local group_by = q.group_by
   if group_by == nil or group_by == "" then group_by = "team" end
-  if not ledger.DIMS[group_by] then
+  if not ledger.GROUP_BY[group_by] then
     return bad("group_by", "expected team, consumer, model or provider, not \"" .. group_by .. "\"")
   end
   local since, till = ledger.month_start(now), now
