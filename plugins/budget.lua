@@ -34,7 +34,7 @@ local errors = require("moongate.errors")
 local limiter = require("moongate.limiter")
 local pricing = require("moongate.pricing")
 
-local ceil, floor, max = math.ceil, math.floor, math.max
+local ceil, max = math.ceil, math.max
 local find, format = string.find, string.format
 local os_date = os.date
 local ipairs, pairs, pcall, tostring, type = ipairs, pairs, pcall, tostring, type
@@ -76,8 +76,9 @@ end
 -- Hooks
 ---------------------------------------------------------------------------------------------------
 
+-- a budget as configured: every digit the user wrote ($0.00001 stays that, not $0)
 local function usd(x)
-  return "$" .. pricing.decimal(floor(x * 10000 + 0.5) / 10000)
+  return "$" .. pricing.decimal(x)
 end
 
 local function refuse(ctx, b, finish)

@@ -100,6 +100,15 @@ describe("budget", function()
     assert.is_nil(budget.on_upstream_request(ctx_for(c, { model = "m" }), {}))
   end)
 
+  it("names the budget with every digit configured", function()
+    local tiny = { name = "tiny", budget = { usd = 0.00001, period = { seconds = 3600 } } }
+    local rv = budget.on_upstream_request(ctx_for(tiny), {})   -- the estimate passes it at once
+    assert.is_nil(rv)
+    rv = budget.on_upstream_request(ctx_for(tiny), {})
+    assert.equal(429, rv.status)
+    assert.matches("$0.00001 per 1h", cjson.decode(rv.body).error.message, 1, true)
+  end)
+
   it("answers in the Anthropic format on /v1/messages", function()
     local c = { name = "dan", budget = { usd = 0, period = { seconds = 3600 } } }
     local rv = budget.on_upstream_request(ctx_for(c, { format = "anthropic" }), {})

@@ -324,6 +324,15 @@ describe("GET /admin/costs", function()
     assert.equal(gw.json.array_mt, getmetatable(doc.groups))
   end)
 
+  it("never answers an until past now, widened or asked", function()
+    local now = 1767312000 + 1800                       -- 2026-01-02T00:30:00Z
+    ledger.query = function(g, since, till) return {}, since, till + 1800 end   -- to the hour's end
+    local _, doc = costs.answer({ since = "2026-01-02" }, now)
+    assert.equal("2026-01-02T00:30:00Z", doc["until"])
+    _, doc = costs.answer({ since = "2026-01-02", ["until"] = "2026-02-01" }, now)
+    assert.equal("2026-01-02T00:30:00Z", doc["until"])
+  end)
+
   it("reports a fractional since as the whole second its bucket starts on", function()
     ledger.query = function(g, since, till) return {}, math.floor(since), till end
     local _, doc = costs.answer({ since = "1796220000.5", ["until"] = "1796223600" }, 1796300000)

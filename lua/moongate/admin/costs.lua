@@ -68,6 +68,9 @@ function _M.answer(q, now)
   -- since of 14:00:00.5 counts from 14:00:00, and says so)
   if eff_since >= since then eff_since = since end
   if eff_until <= till then eff_until = till end
+  -- nothing is recorded after now: a range widened (or asked) past it ends at now
+  if eff_until > now then eff_until = now end
+  if eff_since > eff_until then eff_since = eff_until end
   return 200, {
     group_by = group_by,
     since = ledger.iso(eff_since),
