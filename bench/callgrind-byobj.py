@@ -24,12 +24,14 @@ def main():
     after_calls = False   # the line after calls= is the call's inclusive cost, not self cost
     with open(path, errors="replace") as f:
         for line in f:
-            if line.startswith("ob="):
-                m = re.match(r"ob=(\(\d+\))?\s*(.*)", line.rstrip("\n"))
+            if line.startswith("ob=") or line.startswith("cob="):
+                # ob= and cob= share one table of compressed names: either may define one
+                m = re.match(r"c?ob=(\(\d+\))?\s*(.*)", line.rstrip("\n"))
                 ident, name = m.group(1), m.group(2)
                 if ident and name:
                     names[ident] = name
-                ob = name or names.get(ident, ident or "?")
+                if line.startswith("ob="):
+                    ob = name or names.get(ident, ident or "?")
                 continue
             if line.startswith("calls="):
                 after_calls = True
