@@ -88,6 +88,37 @@ local function refuse(ctx, b, finish)
     "insufficient_quota")
 end
 
+-- instance_id(cfg) -> this instance's id: <data_dir>/instance-id, made at its first start
+local function instance_id(cfg)
+  local path = (cfg.data_dir or ".") .. "/instance-id"
+  local f = io.open(path, "r")
+  local id = f and f:read("*l")
+  if f then f:close() end
+  if id and id:match("^%x+$") then return id end
+  local r = io.open("/dev/urandom", "rb")
+  local bytes = r and r:read(8) or tostring(os.time()) .. tostring(gw.now())
+  if r then r:close() end
+  id = bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end):sub(1, 16)
+  f = io.open(path, "w")
+  if f then
+    f:write(id, "\n")
+    f:close()
+  else
+    gw.log("warn", "budget: cannot write " .. path .. "; this instance's id lasts until it stops")
+  end
+  return id
+end
+
+-- With cluster.redis, "<counter>@<instance>" in Redis says this instance has counted into the
+-- counter since Redis made it: set once per counter and worker (marked), and at rebuild. A counter
+-- Redis holds without this instance's mark was made again after Redis lost its data (see rebuild).
+-- _M.instance is the id in <data_dir>/instance-id, set by rebuild when cluster.redis is on.
+local marked = {}
+local function mark(key, finish, now)
+  marked[key] = true
+  gw.shared.set(key .. "@" .. _M.instance, 1, max(1, finish - now + 3600))
+end
+
 function _M.on_upstream_request(ctx, conf)
   local v = ctx.vars
   local st = v.budget
@@ -126,6 +157,10 @@ function _M.on_upstream_request(ctx, conf)
       end
       st.held[#st.held + 1] = { key = key, n = st.est, b = b }
       if b.budget.hard then st.hard = true end
+      if not marked[key] and ctx.config.cluster and ctx.config.cluster.redis then
+        _M.instance = _M.instance or instance_id(ctx.config)   -- a worker's first: rebuild made it
+        mark(key, finish, now)
+      end
     end
   end
 end
@@ -187,13 +222,15 @@ end
 -- and, where the client asked for another name, the asked one (the asked_model aggregate), as
 -- admission does (applicable).
 -- With cluster.redis the spend in Redis is every instance's (SPEC §8) and this ledger holds only
--- this instance's share: a counter Redis holds is left as it is, and one it lost (a new period, a
--- flushed Redis) gets this instance's share added, never set, so nothing another instance counted
--- meanwhile is overwritten.
+-- this instance's share: a counter Redis holds with this instance's mark is left as it is (the
+-- share is in it); one Redis lost (a new period, a flushed Redis), or holds without the mark (made
+-- again by another instance after Redis lost its data), gets this instance's share added, never
+-- set, so nothing another instance counted meanwhile is overwritten.
 local DIM_OF = { consumer = { "consumer" }, team = { "team" }, model = { "model", "asked_model" } }
 
 function _M.rebuild(cfg, ledger)
   local cluster = cfg.cluster and cfg.cluster.redis
+  if cluster then _M.instance = instance_id(cfg) end
   local now = gw.now()
   local totals = {}   -- dim .. start -> { [key] = { cost_usd = } } | false (not exact)
   local wanted = {}   -- { scope, name, budget, start, finish, spend }
@@ -272,10 +309,11 @@ function _M.rebuild(cfg, ledger)
       if not cluster then
         gw.shared.set(key, w.spend, ttl)
         set = set + 1
-      elseif gw.shared.get(key) == nil then
+      elseif gw.shared.get(key) == nil or gw.shared.get(key .. "@" .. _M.instance) == nil then
         gw.shared.incr(key, w.spend, ttl)
         set = set + 1
       end
+      if cluster then mark(key, w.finish, now) end
     end
   end
   return set

@@ -244,13 +244,15 @@ describe_redis("cluster.redis with two gateways", function()
 
   it("keep a budget's spend in Redis when one of them restarts (its ledger holds only its share)", function()
     local key = "moongate:budget:consumer:bea:" .. os.date("!%Y-%m")
-    local function restart_a()
-      assert.equal(0, (a:stop()))
-      a = helpers.start_gateway(CONFIG, { dir = a.dir, port = a.port, admin_port = a.admin_port,
+    local function restart(gw)
+      assert.equal(0, (gw:stop()))
+      gw = helpers.start_gateway(CONFIG, { dir = gw.dir, port = gw.port, admin_port = gw.admin_port,
         vars = { REDIS_URL = redis.url, FAIL_OPEN = "true" } })
-      helpers.wait_until(function() return metric(a, "moongate_cluster_up") == 1 end, 10,
+      helpers.wait_until(function() return metric(gw, "moongate_cluster_up") == 1 end, 10,
         "the gateway did not connect to Redis")
+      return gw
     end
+    local function restart_a() a = restart(a) end
     -- A served $0.016 of bea's $0.024 (the spec above): the restart leaves Redis's total alone
     restart_a()
     assert.near(0.024, tonumber((cmd(redis.port, "GET", key))), 1e-9)
@@ -259,6 +261,16 @@ describe_redis("cluster.redis with two gateways", function()
     assert.equal(1, cmd(redis.port, "DEL", key))
     restart_a()
     assert.near(0.016, tonumber((cmd(redis.port, "GET", key))), 1e-9)
+    -- Redis loses everything of bea's (the counter and every instance's mark on it), then both
+    -- restart: each brings its own share back, the second too (B served $0.008)
+    for _, k in ipairs(cmd(redis.port, "KEYS", key .. "*")) do cmd(redis.port, "DEL", k) end
+    restart_a()
+    assert.near(0.016, tonumber((cmd(redis.port, "GET", key))), 1e-9)
+    b = restart(b)
+    assert.near(0.024, tonumber((cmd(redis.port, "GET", key))), 1e-9)
+    -- and a restart with the counter and its marks in place adds nothing
+    b = restart(b)
+    assert.near(0.024, tonumber((cmd(redis.port, "GET", key))), 1e-9)
   end)
 
   it("count a counter exactly, under concurrent requests to both", function()
