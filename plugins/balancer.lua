@@ -187,10 +187,11 @@ local function pick_lowest(bname, gi, group, ok, n, score)
   local best, best_s = {}, nil
   for t, f in pairs(ok) do
     local s = score(t, f)
+    -- the tied keep their slow-start share (f), which round robin honours
     if not best_s or s < best_s - 1e-12 then
-      best, best_s = { [t] = 1 }, s
+      best, best_s = { [t] = f }, s
     elseif s <= best_s + 1e-12 then
-      best[t] = 1
+      best[t] = f
     end
   end
   local m = 0
@@ -247,9 +248,11 @@ end
 
 -- The strategies that score with a closure live apart from pick(), so that
 -- pick's common path (round robin) holds no closure a trace must close.
+-- least_busy: in flight over weight, as nginx's least_conn; idle targets all tie at 0, so sequential
+-- traffic is split by weight (round robin among the tied), not all sent to the heaviest
 local function pick_least_busy(bname, gi, group, ok, n)
   return pick_lowest(bname, gi, group, ok, n, function(t, f)
-    return (health.inflight(bname, t) + 1) / ((t.weight or 1) * f + 1e-9)
+    return health.inflight(bname, t) / ((t.weight or 1) * f + 1e-9)
   end)
 end
 

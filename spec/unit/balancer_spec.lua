@@ -202,6 +202,12 @@ describe("balancer", function()
       end
     end)
 
+    it("least_busy splits sequential traffic by weight while every target is idle", function()
+      local c = count(group_backend("least_busy", { T("a", { weight = 1 }), T("b", { weight = 3 }) }), 400)
+      assert.equal(100, c.a)
+      assert.equal(300, c.b)
+    end)
+
     it("latency measures every target first, then prefers the fastest", function()
       math.randomseed(3)
       local b = group_backend("latency", { T("a"), T("b") })
