@@ -53,12 +53,12 @@ end
 
 -- An SSE error event that ends a stream which failed after its first event. status (default
 -- 502) picks the error's type: a provider's own error carries the status its type stands for.
-function _M.stream_event(format, message, status)
+function _M.stream_event(format, message, status, code)
   status = status or 502
   if format == "anthropic" then
     return "event: error\ndata: " .. _M.body("anthropic", status, message) .. "\n\n"
   end
-  return "data: " .. _M.body("openai", status, message, "upstream_error") .. "\n\n"
+  return "data: " .. _M.body("openai", status, message, code or "upstream_error") .. "\n\n"
 end
 
 -- The status a provider's error object stands for (Anthropic's types, OpenAI's types and codes),

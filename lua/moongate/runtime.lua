@@ -382,6 +382,10 @@ local function fail_midway(ctx, r, sse_out, kind, msg, perr)
       ev = perr.raw
     elseif perr then
       ev = errors.stream_event(ctx.format, perr.message, perr.status)
+    elseif kind == "timeout" then
+      -- silent past stream_idle (or the attempt's timeout): typed as the 504 it would have been
+      ev = errors.stream_event(ctx.format, "upstream " .. ctx.target.name .. " timed out mid-stream", 504,
+        "upstream_timeout")
     else
       ev = errors.stream_event(ctx.format, "upstream " .. ctx.target.name .. " failed: " .. tostring(kind))
     end

@@ -351,7 +351,9 @@ describe("routing and failover", function()
       local events, reason = s:read_all(10)
       assert.equal("closed", reason)
       local last = helpers.parse_sse(events[#events])
-      assert.is_table(helpers.json({ body = last.data }).error)
+      local err = helpers.json({ body = last.data }).error
+      assert.equal("upstream_timeout", err.code)
+      assert.truthy(err.message:find("timed out", 1, true), err.message)
       assert.same({ "gappy" }, whom(up))   -- no failover after the first byte
     end)
 
