@@ -103,7 +103,8 @@ function _M.restore(bname, t, pol)
 end
 
 -- failure(bname, t, pol, hint) -> evicted until | nil. hint: seconds the
--- provider asked for (Retry-After and the like); it wins when longer.
+-- provider asked for (Retry-After and the like); it wins when longer, up to max_duration (a
+-- provider's "come back tomorrow" does not take a target out for longer than the user allows).
 function _M.failure(bname, t, pol, hint)
   local k = keys(bname, t)
   local s = _M.store
@@ -113,7 +114,7 @@ function _M.failure(bname, t, pol, hint)
   if n < pol.threshold then return nil end
   local ej = s.get(k.ej) or 0
   local d = min(pol.duration * 2 ^ ej, pol.max_duration)
-  if hint and hint > d then d = hint end
+  if hint and hint > d then d = min(hint, pol.max_duration) end
   local untl = _M.evict(bname, t, d, "passive", pol)
   -- the count of ejections in a row is forgotten after a calm spell
   s.set(k.ej, ej + 1, 2 * d + pol.slow_start + 1)
