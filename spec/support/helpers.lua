@@ -105,11 +105,22 @@ function _M.write_file(path, text)
   f:close()
 end
 
+-- A port nothing listens on. The kernel may hand the same ephemeral port out again right after
+-- it was closed (listen and admin_port came out equal once, under ASan), so a port already
+-- given in this process is never given again.
+local given_ports = {}
 function _M.free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
+  for _ = 1, 100 do
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    port = tonumber(port)
+    if not given_ports[port] then
+      given_ports[port] = true
+      return port
+    end
+  end
+  error("free_port: no new port in 100 tries")
 end
 
 local tmpdirs = {}
