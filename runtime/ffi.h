@@ -282,6 +282,9 @@ MG_EXPORT mg_series_t *mg_metric_series(int id, const char *labels, size_t llen)
 MG_EXPORT void mg_series_add(mg_series_t *s, double v);
 MG_EXPORT void mg_series_set(mg_series_t *s, double v);
 MG_EXPORT void mg_series_observe(mg_series_t *s, double v);
+/* A gauge family whose series come and go (one per configured target): every series is left
+ * out of the text until it is set again. */
+MG_EXPORT void mg_metric_hide_all(int id);
 MG_EXPORT const char *mg_metrics_text(size_t *len);   /* Prometheus text format */
 
 /* -- Redis (redis.c): gw.shared across instances, cluster.redis ---------- */

@@ -90,7 +90,8 @@ int mg_lua_init(mg_worker_t *w, const char *home, const char *config_path, const
         fprintf(stderr, "moongate: %s\n", lua_tostring(L, -1));
         return 1;
     }
-    /* init returns an exit code: 0 to run the loop, anything else to exit */
+    /* init returns an exit code: 0 to run the loop, MG_INIT_DONE to exit 0 without
+     * running it (`mock --help`), anything else to exit with it */
     int rc = (int)lua_tointeger(L, -1);
     lua_settop(L, 0);
     return rc;

@@ -162,13 +162,14 @@ int main(int argc, char **argv)
         return 1;
     }
     mg_process_set_paths(home, config);
+    if (strcmp(mode, "check") != 0) mg_worker_signals(&worker);
     int rc = mg_lua_init(&worker, home, config, mode, argc - rest, argv + rest);
     if (rc != 0 || strcmp(mode, "check") == 0) {
         mg_process_join();
         mg_ledger_close();
         mg_worker_close(&worker);
         curl_global_cleanup();
-        return rc;
+        return rc == MG_INIT_DONE ? 0 : rc;
     }
     rc = mg_worker_run(&worker);
     mg_process_join();

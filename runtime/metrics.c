@@ -18,6 +18,7 @@ typedef struct series {
     char          *labels;
     size_t         llen;
     double         value;              /* counter/gauge; histogram: sum */
+    int            hidden;             /* not rendered until set again (mg_metric_hide_all) */
     uint64_t       count;
     uint64_t       buckets[MAX_BUCKETS];
 } series_t;
@@ -123,7 +124,10 @@ void mg_metric_set(int id, const char *labels, size_t llen, double v)
 {
     pthread_mutex_lock(&lock);
     series_t *s = find(id, labels, llen);
-    if (s) s->value = v;
+    if (s) {
+        s->value = v;
+        s->hidden = 0;
+    }
     pthread_mutex_unlock(&lock);
 }
 
@@ -160,6 +164,18 @@ void mg_series_set(mg_series_t *h, double v)
     if (s == NULL) return;
     pthread_mutex_lock(&lock);
     s->value = v;
+    s->hidden = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+void mg_metric_hide_all(int id)
+{
+    pthread_mutex_lock(&lock);
+    if (id >= 0 && id < nmetrics) {
+        metric_t *m = &metrics[id];
+        for (size_t k = 0; k < m->nslots; k++)
+            for (series_t *s = m->table[k]; s != NULL; s = s->next) s->hidden = 1;
+    }
     pthread_mutex_unlock(&lock);
 }
 
@@ -199,6 +215,7 @@ void mg_metrics_render(mg_buf_t *out)
         mg_buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, types[m->type]);
         for (size_t k = 0; k < m->nslots; k++) {
             for (series_t *s = m->table[k]; s != NULL; s = s->next) {
+                if (s->hidden) continue;
                 if (m->type != MG_METRIC_HISTOGRAM) {
                     mg_buf_append(out, m->name, strlen(m->name));
                     put_labels(out, s, NULL);

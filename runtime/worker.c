@@ -396,15 +396,22 @@ int mg_worker_init(mg_worker_t *w)
     return 0;
 }
 
-int mg_worker_run(mg_worker_t *w)
+void mg_worker_signals(mg_worker_t *w)
 {
     static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
-    for (int i = 0; w->index == 0 && i < 4; i++) {   /* signals are the main thread's */
+    if (w->index != 0 || w->signals_on) return;   /* signals are the main thread's */
+    w->signals_on = 1;
+    for (int i = 0; i < 4; i++) {
         uv_signal_init(&w->loop, &w->signals[i]);
         w->signals[i].data = w;
         uv_signal_start(&w->signals[i], on_signal, sigs[i]);
         uv_unref((uv_handle_t *)&w->signals[i]);
     }
+}
+
+int mg_worker_run(mg_worker_t *w)
+{
+    mg_worker_signals(w);
     /* the signal handles are unref'd: the loop lives while listeners do */
     uv_run(&w->loop, UV_RUN_DEFAULT);
     return w->exit_code;

@@ -127,6 +127,7 @@ struct mg_worker {
     double          shutdown_timeout;
     uv_timer_t      shutdown_timer;
     uv_signal_t     signals[5];
+    int             signals_on;      /* main: mg_worker_signals ran */
     int             exit_code;
 
     char            read_buf[65536]; /* shared: everything read is parsed at once */
@@ -237,6 +238,10 @@ int  mg_worker_adopt(mg_worker_t *w, int fd, int app, const char *host, struct m
                      char *err, size_t errlen);
 void mg_worker_stop_accepting(mg_worker_t *w);
 void mg_worker_maybe_exit(mg_worker_t *w);
+/* The main thread's signal handlers (SIGTERM, SIGINT, SIGHUP, SIGUSR1), started before
+ * anything listens: a reload or a log reopen sent right after start waits for the loop
+ * instead of killing the process. mg_worker_run starts them when not done yet. */
+void mg_worker_signals(mg_worker_t *w);
 int  mg_worker_run(mg_worker_t *w);
 void mg_worker_close(mg_worker_t *w);
 
@@ -273,6 +278,7 @@ void      mg_hp_resume(mg_hp_t *p);
 void      mg_hp_free(mg_hp_t *p);
 
 /* lbridge.c */
+#define MG_INIT_DONE 3   /* mg_lua_init: nothing to run (help shown): exit 0 */
 int  mg_lua_init(mg_worker_t *w, const char *home, const char *config_path, const char *mode,
                  int argc, char **argv);
 void mg_lua_event(mg_worker_t *w, const mg_event_t *ev);

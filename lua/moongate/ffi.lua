@@ -149,6 +149,7 @@ typedef struct mg_series mg_series_t;
 mg_series_t *mg_metric_series(int id, const char *labels, size_t llen);
 void mg_series_add(mg_series_t *s, double v);
 void mg_series_set(mg_series_t *s, double v);
+void mg_metric_hide_all(int id);
 void mg_series_observe(mg_series_t *s, double v);
 const char *mg_metrics_text(size_t *len);
 ]]

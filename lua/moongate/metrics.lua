@@ -137,6 +137,12 @@ function _M.set(name, l, v)
   if C then C.mg_series_set(series_of(name, l), v) end
 end
 
+-- hide_all(name): a gauge's series are left out of the text until set again (targets a reload
+-- removed must not stay on /metrics)
+function _M.hide_all(name)
+  if C then C.mg_metric_hide_all(ids[name] or -1) end
+end
+
 function _M.observe(name, l, v)
   if C then C.mg_series_observe(series_of(name, l), v) end
 end

@@ -892,6 +892,7 @@ local function health_gauges(cfg)
   if not cfg or not cfg.backends then return end
   local health = require("moongate.health")
   local now = gw.now()
+  metrics.hide_all("moongate_target_healthy")   -- a target a reload removed goes with it
   for bname, b in pairs(cfg.backends) do
     local pol = health.policy(b)
     for _, g in ipairs(b.groups) do
@@ -1426,9 +1427,7 @@ function _M.init(opts)
   package.loaded.gw = gw
   if opts.mode == "check" then return init_check(opts) end
   if opts.mode == "mock" then
-    local rc = init_mock(opts)
-    if rc == 3 then return 0 end
-    return rc
+    return init_mock(opts)   -- 3 (help shown): exit 0 without running the loop (runtime/main.c)
   end
   if opts.mode == "worker" then return init_worker() end
   return init_run(opts)

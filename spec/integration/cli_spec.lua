@@ -162,6 +162,14 @@ routes = { { match = { path_prefix = "/v1" }, backend = "chat" } }
     assert.matches("-c needs a file", out, 1, true)
   end)
 
+  it("prints moongate mock's help and exits 0 (it used to go on running)", function()
+    for _, flag in ipairs({ "--help", "-h" }) do
+      local code, out = helpers.run({ helpers.bin(), "mock", flag }, { timeout = 10 })
+      assert.equal(0, code, out)
+      assert.matches("usage: moongate mock", out, 1, true)
+    end
+  end)
+
   describe("mock", function()
     local port, proc
 

@@ -17,7 +17,7 @@ providers = {
   real = { type = "openai", base_url = "http://127.0.0.1:9/v1", api_key = "sk-literal-provider-key",
            headers = { ["x-api-key"] = "header-secret-value", ["x-team"] = "search" } },
 }
-backends = { main = { provider = "m", model = "mock-1" } }
+backends = { main = { provider = "m", model = "${MODEL}" } }
 routes = { { name = "chat", match = { path_prefix = "/v1" }, backend = "main" } }
 plugins = {
   { name = "probe", generation = "${GEN}", handler = {
@@ -73,7 +73,7 @@ describe("workers", function()
   local gw
 
   lazy_setup(function()
-    gw = helpers.start_gateway(CONFIG, { vars = { GEN = "one" } })
+    gw = helpers.start_gateway(CONFIG, { vars = { GEN = "one", MODEL = "mock-1" } })
   end)
 
   lazy_teardown(function()
@@ -216,5 +216,27 @@ describe("workers", function()
     assert.equal(401, helpers.http(gw.admin_port, { path = "/admin/config" }).status)
     assert.equal(405, (helpers.http(gw.admin_port, { path = "/admin/reload",
       headers = { Authorization = "Bearer admin-secret-token" } }).status))
+  end)
+
+  it("drop a target a reload removed from moongate_target_healthy", function()
+    local function healthy_series()
+      local text = helpers.http(gw.admin_port, { path = "/metrics",
+        headers = { Authorization = "Bearer admin-secret-token" } }).body
+      local out = {}
+      for target in text:gmatch('moongate_target_healthy{backend="main",target="([^"]+)"} 1') do
+        out[#out + 1] = target
+      end
+      return out
+    end
+    assert.same({ "m/mock-1" }, healthy_series())
+    gw.vars.MODEL = "mock-2"
+    gw:write_config(CONFIG)
+    local status
+    helpers.wait_until(function()
+      status = admin(gw, "POST", "/admin/reload")
+      return status ~= 409
+    end, 20, "the previous reload never finished")
+    assert.equal(200, status)
+    assert.same({ "m/mock-2" }, healthy_series())
   end)
 end)
