@@ -322,13 +322,22 @@ static void on_async(uv_async_t *a)
 
 /* ======================== shutdown ======================== */
 
+#define SHUTDOWN_GRACE_MS 2000   /* after shutdown_timeout: for the cut requests' records */
+
 static void on_shutdown_timeout(uv_timer_t *t)
 {
     mg_worker_t *w = t->data;
-    if (w->nconns > 0 || w->inflight > 0) {
+    if (!w->shutdown_cut && (w->nconns > 0 || w->inflight > 0)) {
         mg_log(MG_LOG_WARN, "shutdown_timeout passed with %d connection(s) open; closing them",
                w->nconns);
+        /* closing aborts the requests' transfers: their coroutines hear it, end and write
+         * their ledger record and access-log line (499) in the loop's next turns, before
+         * the worker stops (mg_worker_maybe_exit) or the grace runs out */
+        w->shutdown_cut = 1;
         mg_conn_close_all(w);
+        uv_timer_start(&w->shutdown_timer, on_shutdown_timeout, SHUTDOWN_GRACE_MS, 0);
+        mg_worker_maybe_exit(w);
+        return;
     }
     /* if Lua still holds requests (sleeping plugins), give up on them */
     uv_stop(&w->loop);

@@ -123,6 +123,7 @@ struct mg_worker {
     int64_t         inflight;        /* requests handed to Lua and not yet released */
 
     int             stopping;        /* SIGTERM seen: no new connections or requests */
+    int             shutdown_cut;    /* shutdown_timeout passed: connections closed */
     int             holds;           /* main: workers still running (its loop waits for them) */
     double          shutdown_timeout;
     uv_timer_t      shutdown_timer;

@@ -151,6 +151,19 @@ function _M.start_mock(ctx, spec)
   return setmetatable({ ctx = ctx, resp = resp, i = 0, first_byte = spec.first_byte }, Mock)
 end
 
+-- sleeps d seconds in slices, so that a client gone meanwhile (or a shutdown that closed its
+-- connection) ends the wait within 100 ms, as an aborted real transfer would
+local function mock_sleep(self, d)
+  local req = self.ctx._req
+  local done = C.mg_monotonic() + d
+  while true do
+    local left = done - C.mg_monotonic()
+    if left <= 0 then return end
+    gw.sleep(left < 0.1 and left or 0.1)
+    if req ~= nil and C.mg_req_alive(req) ~= 1 then return end
+  end
+end
+
 function Mock:wait_headers()
   local r = self.resp
   -- a latency beyond the attempt's first-byte deadline is a timeout, as a
@@ -160,7 +173,7 @@ function Mock:wait_headers()
     self.finished = true
     return nil, "timeout", string.format("no first byte after %.3f s", self.first_byte)
   end
-  if r.delay and r.delay > 0 then gw.sleep(r.delay) end
+  if r.delay and r.delay > 0 then mock_sleep(self, r.delay) end
   if C.mg_req_alive(self.ctx._req) ~= 1 then
     self.finished = true
     return nil, "client-closed", "the client went away"
@@ -191,7 +204,7 @@ function Mock:read()
   local i = self.i + 1
   local ev = r.events[i]
   if not ev then return nil end
-  if i > 1 and r.interval and r.interval > 0 then gw.sleep(r.interval) end
+  if i > 1 and r.interval and r.interval > 0 then mock_sleep(self, r.interval) end
   -- a long stream to a slow reader waits for it (as a real provider is paused) rather than
   -- queueing every event at once; outside a request (unit specs) there is no client to wait for
   local req = self.ctx._req

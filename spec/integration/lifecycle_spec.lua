@@ -17,11 +17,14 @@ limits = { idle_timeout = "1s", header_timeout = "5s" }
 
 providers = {
   fake = { type = "openai", base_url = "${UP}/v1", api_key = "sk-provider-secret" },
+  sleepy = { type = "mock", latency = "30s" },
 }
 backends = {
   main = { provider = "fake", model = "gpt-4o-mini" },
+  sleepy = { provider = "sleepy", model = false },
 }
 routes = {
+  { match = { path_prefix = "/v1", headers = { ["x-route"] = "sleepy" } }, backend = "sleepy" },
   { match = { path_prefix = "/v1" }, backend = "main" },
 }
 ]]
@@ -250,6 +253,33 @@ describe("lifecycle", function()
     assert.truthy(elapsed < 6, string.format("exited after %.2fs, long after shutdown_timeout", elapsed))
     local _, reason = s:read_all(5)
     assert.equal("closed", reason, "a stream cut by the stop must not end cleanly")
+    -- and it is not lost: it has its access-log line (and ledger record, written with it), with
+    -- the status its client was sent and the tokens so far
+    assert.truthy(gw:log():find('"path":"/v1/chat/completions"[^\n]*"status":200'),
+      "no access-log line for the cut stream; log:\n" .. gw:log())
+  end)
+
+  stopping("on SIGTERM with a request to a provider slower than shutdown_timeout",
+           "cuts it at shutdown_timeout, and its access-log line and ledger record say 499", "1s",
+           function(gw)
+    local conn = helpers.connect(gw.port)
+    assert.truthy(conn:send("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      .. "x-route: sleepy\r\nContent-Type: application/json\r\nContent-Length: "
+      .. #CHAT .. "\r\n\r\n" .. CHAT))
+    helpers.wait_until(function()
+      local text = helpers.http(gw.admin_port, { path = "/metrics" }).body
+      local n = tonumber(text:match("\nmoongate_inflight (%d+)") or text:match("\nmoongate_inflight{[^}]*} (%d+)"))
+      return n and n >= 1
+    end, 10, "the request never got in flight")
+    assert.is_true(gw.proc:kill(signal.SIGTERM))
+    assert.equal(0, gw.proc:wait(10), "exit code after shutdown_timeout; log:\n" .. gw:log())
+    conn:close()
+    assert.truthy(gw:log():find('"path":"/v1/chat/completions"[^\n]*"status":499'),
+      "no access-log line for the request cut by the stop; log:\n" .. gw:log())
+    local p = io.popen("cat " .. gw.dir .. "/data/ledger/*.jsonl 2>/dev/null")
+    local ledger = p:read("*a")
+    p:close()
+    assert.truthy(ledger:find('"status":499', 1, true), "no ledger record for it")
   end)
 
   stopping("on SIGINT", "exits 0 like SIGTERM", "10s", function(gw)
