@@ -1084,8 +1084,10 @@ local function read_file(path)
     if err:sub(1, #path + 2) == path .. ": " then err = err:sub(#path + 3) end
     return nil, err
   end
-  local src = f:read("*a")
+  local src, rerr = f:read("*a")
   f:close()
+  -- a folder opens but does not read: say what it is
+  if not src then return nil, (rerr and rerr:find("Is a directory", 1, true)) and "it is a folder, not a file" or tostring(rerr) end
   return src
 end
 

@@ -156,6 +156,12 @@ routes = { { match = { path_prefix = "/v1" }, backend = "chat" } }
     assert.matches("No such file or directory", out, 1, true)
   end)
 
+  it("says a config path that is a folder is one (not 'nil'), and exits 1", function()
+    local code, out = helpers.run({ helpers.bin(), "check", "-c", dir }, { timeout = 10 })
+    assert.equal(1, code, out)
+    assert.matches("it is a folder, not a file", out, 1, true)
+  end)
+
   it("says that -c needs a file, and exits 2", function()
     local code, out = helpers.run({ helpers.bin(), "-c" }, { timeout = 10 })
     assert.equal(2, code, out)
