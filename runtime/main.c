@@ -122,6 +122,8 @@ int main(int argc, char **argv)
         for (; i < argc; i++) {
             if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
                 config = argv[++i];
+            } else if (strncmp(argv[i], "--config=", 9) == 0 && argv[i][9] != '\0') {
+                config = argv[i] + 9;
             } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
                 usage(stdout);
                 return 0;

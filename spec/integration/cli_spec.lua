@@ -65,6 +65,8 @@ describe("cli", function()
     local code, out = helpers.run({ helpers.bin(), "check", "-c", path }, { timeout = 10 })
     assert.equal(0, code, out)
     assert.matches("^ok\n?$", out)
+    code, out = helpers.run({ helpers.bin(), "check", "--config=" .. path }, { timeout = 10 })
+    assert.equal(0, code, out)
   end)
 
   it("check reports a Lua syntax error as FILE:LINE: message and exits 1", function()
