@@ -491,6 +491,14 @@ function _M.clashes(cfg)
         i, tostring(other.name))
     end
   end
+  -- a team that consumers created at run time belong to stays (SPEC §2: a reference to a team that
+  -- does not exist is refused at load)
+  for _, r in ipairs(records) do
+    if type(r.team) == "string" and not (cfg.teams and cfg.teams[r.team]) then
+      out[#out + 1] = format("teams: %q is the team of the consumer %q created at run time (keep the " ..
+        "team, or DELETE /admin/consumers/%s first)", r.team, tostring(r.name), tostring(r.name))
+    end
+  end
   return out
 end
 
