@@ -95,10 +95,7 @@ local function instance_id(cfg)
   local id = f and f:read("*l")
   if f then f:close() end
   if id and id:match("^%x+$") then return id end
-  local r = io.open("/dev/urandom", "rb")
-  local bytes = r and r:read(8) or tostring(os.time()) .. tostring(gw.now())
-  if r then r:close() end
-  id = bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end):sub(1, 16)
+  id = require("moongate.consumers").random_hex(8)
   f = io.open(path, "w")
   if f then
     f:write(id, "\n")
@@ -113,9 +110,13 @@ end
 -- counter since Redis made it: set once per counter and worker (marked), and at rebuild. A counter
 -- Redis holds without this instance's mark was made again after Redis lost its data (see rebuild).
 -- _M.instance is the id in <data_dir>/instance-id, set by rebuild when cluster.redis is on.
-local marked = {}
+local marked, nmarked = {}, 0
 local function mark(key, finish, now)
+  -- one entry per counter this worker counted into; past periods' are of no use, so the cache
+  -- starts over now and then (a mark set twice costs one Redis write)
+  if nmarked >= 10000 then marked, nmarked = {}, 0 end
   marked[key] = true
+  nmarked = nmarked + 1
   gw.shared.set(key .. "@" .. _M.instance, 1, max(1, finish - now + 3600))
 end
 

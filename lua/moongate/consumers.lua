@@ -369,12 +369,17 @@ local function create_schema()
   return { type = "object", properties = props }
 end
 
--- A 32-byte random key from /dev/urandom: sk-mg- and 64 hex characters.
-local function new_key()
+-- random_hex(n) -> n random bytes from /dev/urandom, as 2n hex characters
+function _M.random_hex(n)
   local f = assert(io.open("/dev/urandom", "rb"))
-  local bytes = f:read(32)
+  local bytes = f:read(n)
   f:close()
-  return "sk-mg-" .. to_hex(bytes)
+  return to_hex(bytes)
+end
+
+-- A 32-byte random key: sk-mg- and 64 hex characters.
+local function new_key()
+  return "sk-mg-" .. _M.random_hex(32)
 end
 _M._new_key = new_key
 
