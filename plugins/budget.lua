@@ -173,6 +173,12 @@ local function stream_error(ctx, message)
   return "data: " .. errors.body("openai", 429, message, "insufficient_quota") .. "\n\n"
 end
 
+-- only a hard budget reads the chunks
+function _M.wants_chunks(ctx, conf)
+  local st = ctx.vars.budget
+  return st ~= nil and st.hard == true
+end
+
 -- hard budgets: end a stream whose running cost takes the period's spend past the budget
 function _M.on_chunk(ctx, conf, chunk)
   local st = ctx.vars.budget

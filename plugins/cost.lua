@@ -59,6 +59,14 @@ function _M.on_chunk(ctx, conf, chunk)
   pricing.track(ctx, chunk)
 end
 
+-- on_chunk has nothing to do on a stream whose usage the gateway keeps (ctx.usage) once its
+-- headers are out: it prices only at on_log
+function _M.wants_chunks(ctx, conf)
+  local resp, dec = ctx.response, ctx.upstream and ctx.upstream.decoder
+  if not (resp and resp.headers_sent) then return true end
+  return not (ctx.usage or (dec and dec.tracks_usage and dec:tracks_usage()))
+end
+
 local function model_of(ctx)
   local t = ctx.target
   if t and type(t.model) == "string" then return t.model end

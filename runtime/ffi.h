@@ -67,6 +67,14 @@ MG_EXPORT int      mg_up_header(mg_up_t *u, int i, const char **name, size_t *nl
  * holds from the event being handled are not written again. */
 MG_EXPORT int      mg_up_pipe(mg_up_t *u);
 MG_EXPORT int      mg_up_stream(mg_up_t *u);
+/* From stream mode: relay the provider's SSE events of format fmt (MG_SSE_*) to the client as
+ * they come, as a pipe does, while each is one mg_sse_plain() passes; pending (plen bytes) is the
+ * start of an event Lua's reader held, which goes first. At the first one it does not (or a partial event past 64 KB) the transfer goes back to
+ * stream mode and Lua gets the bytes from that event on as MG_EV_UP_DATA; at the end Lua gets
+ * what is left that way, then MG_EV_UP_DONE. mg_up_relayed() returns the text characters of
+ * the events relayed since it was last called. */
+MG_EXPORT int      mg_up_relay(mg_up_t *u, int fmt, const char *pending, size_t plen);
+MG_EXPORT long     mg_up_relayed(mg_up_t *u);
 MG_EXPORT const char *mg_up_errmsg(mg_up_t *u);
 MG_EXPORT double   mg_up_ttfb(mg_up_t *u);      /* seconds from start to first header byte */
 /* Deadlines for the first body byte (seconds from the start) and for the
@@ -109,6 +117,16 @@ MG_EXPORT long mg_text_chars(const char *s, size_t len);
 MG_EXPORT long mg_text_bytes(const char *s, size_t len);   /* the same text, in bytes */
 MG_EXPORT int  mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next);
 MG_EXPORT int  mg_json_first_key_is(const char *s, size_t len, const char *key, size_t klen);
+
+/* -- same-format streams (sse.c) ----------------------------------------- */
+enum { MG_SSE_OPENAI = 1, MG_SSE_ANTHROPIC = 2 };
+/* Whether the event at the start of p[0..n) is one the relay passes on without Lua: a text delta
+ * of the given format (see sse.c). Returns its length in bytes (setting *chars to its text's
+ * characters), 0 when its end has not arrived yet, -1 when Lua must see it. */
+MG_EXPORT long mg_sse_plain(const char *p, size_t n, int fmt, long *chars);
+/* The end (one past) of the first event boundary in p[0..n) as lua/moongate/sse.lua finds it (the
+ * first of "\n\n", "\r\n\r\n" and "\r\r" to end), or 0 when there is none. */
+MG_EXPORT size_t mg_sse_boundary(const char *p, size_t n);
 
 /* -- gw.shared (shared.c): one store for every worker ------------------- */
 enum { MG_SHARED_MISSING = 0, MG_SHARED_NUMBER = 1, MG_SHARED_STRING = 2 };

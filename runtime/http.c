@@ -1198,8 +1198,15 @@ int mg_resp_write(mg_req_t *r, const char *data, size_t len)
     r->bytes_out += len;
     if (r->head_out.len > 0) return flush_head(r, c, data, len);
     if (!r->chunked) return conn_write(c, data, len);
+    /* the chunk's size line, in hex (a stream writes one per event: no printf) */
     char size[24];
-    int n = snprintf(size, sizeof size, "%zx\r\n", len);
+    int n = 0;
+    for (int shift = (int)(sizeof len * 8) - 4; shift >= 0; shift -= 4) {
+        unsigned d = (unsigned)(len >> shift) & 15u;
+        if (d != 0 || n > 0 || shift == 0) size[n++] = "0123456789abcdef"[d];
+    }
+    size[n++] = '\r';
+    size[n++] = '\n';
     uv_buf_t bufs[3] = {
         uv_buf_init(size, (unsigned)n),
         uv_buf_init((char *)data, (unsigned)len),

@@ -122,6 +122,8 @@ void mg_up__wake(mg_up_t *u)
 
 void mg_up__finish(mg_up_t *u, int result)
 {
+    /* a relay's partial last event is Lua's to judge, before the end */
+    if (u->mode == MG_UP_RELAY && u->inbuf.len > 0) u->mode = MG_UP_STREAM;
     if (u->running) {
         u->running = 0;
         u->m->active--;
@@ -162,6 +164,48 @@ static void pipe_flush(mg_up_t *u)
     mg_buf_reset(&u->inbuf);
 }
 
+/* Relay mode: the plain events at the front of inbuf go to the client in one
+ * write; the first other one (or a partial one past MG_UP_RELAY_MAX) turns the
+ * transfer back into a stream, and Lua is woken for the bytes from there.
+ * -1 when the client cannot be written to. */
+static int relay_scan(mg_up_t *u)
+{
+    size_t off = 0;
+    int to_lua = 0, rc = 0;
+    /* an event arriving in many pieces: look for its end only in what is new (and the 3 bytes
+     * before, where a boundary may start), not from its start again each time */
+    if (u->relay_open > 0) {
+        size_t from = u->relay_open > 3 ? u->relay_open - 3 : 0;
+        if (mg_sse_boundary(u->inbuf.data + from, u->inbuf.len - from) == 0) {
+            u->relay_open = u->inbuf.len;
+            if (u->inbuf.len > MG_UP_RELAY_MAX) to_lua = 1;
+            goto out;
+        }
+    }
+    while (off < u->inbuf.len) {
+        long chars = 0;
+        long n = mg_sse_plain(u->inbuf.data + off, u->inbuf.len - off, u->relay_fmt, &chars);
+        if (n < 0 || (n == 0 && u->inbuf.len - off > MG_UP_RELAY_MAX)) {
+            to_lua = 1;
+            break;
+        }
+        if (n == 0) break;
+        off += (size_t)n;
+        u->relay_chars += chars;
+    }
+    u->relay_open = !to_lua && off < u->inbuf.len ? u->inbuf.len - off : 0;
+    if (off > 0) {
+        if (u->owner == NULL || u->owner->conn == NULL) return -1;
+        rc = mg_resp_write(u->owner, u->inbuf.data, off);
+        mg_buf_consume(&u->inbuf, off);
+    }
+out:
+    if (to_lua) u->relay_open = 0;
+    if (to_lua || (u->done && u->inbuf.len > 0)) u->mode = MG_UP_STREAM;
+    if (u->mode == MG_UP_STREAM || u->done) mg_up__wake(u);
+    return rc < 0 ? -1 : 0;
+}
+
 /* Called from the drain for a queued wake: tell Lua what is next, in order.
  * Lua may free the transfer while it handles an event; the extra reference
  * taken around each call keeps the memory valid until we have looked. */
@@ -192,6 +236,7 @@ void mg_up_deliver(mg_worker_t *w, mg_up_t *u)
         u->refs++;
         if (ev.kind == MG_EV_UP_DATA) u->handed = u->inbuf.len;
         mg_lua_event(w, &ev);
+        size_t handed = u->handed;   /* 0 when Lua turned the stream into a pipe or a relay */
         u->handed = 0;
         if (u->freed) {
             up_unref(u);
@@ -200,7 +245,7 @@ void mg_up_deliver(mg_worker_t *w, mg_up_t *u)
         u->refs--;
         if (ev.kind == MG_EV_UP_DATA) {
             /* Lua took the bytes: make room and let the provider send more */
-            mg_buf_reset(&u->inbuf);
+            mg_buf_consume(&u->inbuf, handed);
             if (u->owner == NULL || u->owner->conn == NULL ||
                 mg_conn_write_queue_small(u->owner->conn))
                 unpause(u);
@@ -273,8 +318,9 @@ void mg_up__head_end(mg_up_t *u)
 
 int mg_up__body_blocked(mg_up_t *u, size_t len)
 {
-    if (u->mode == MG_UP_PIPE)
-        return u->owner != NULL && u->owner->conn != NULL && !mg_conn_write_queue_small(u->owner->conn);
+    int client_full = u->owner != NULL && u->owner->conn != NULL && !mg_conn_write_queue_small(u->owner->conn);
+    if (u->mode == MG_UP_PIPE) return client_full;
+    if (u->mode == MG_UP_RELAY && client_full) return 1;
     return u->inbuf.len > 0 && u->inbuf.len + len > MG_UP_INBUF_CAP;
 }
 
@@ -296,6 +342,13 @@ int mg_up__body_take(mg_up_t *u, const char *data, size_t len)
     }
     mg_buf_append(&u->inbuf, data, len);
     if (u->mode == MG_UP_STREAM) mg_up__wake(u);
+    if (u->mode == MG_UP_RELAY) {
+        unsigned in_cb = u->in_cb;
+        u->in_cb = 1;
+        int rc = relay_scan(u);
+        u->in_cb = in_cb;
+        return rc < 0 || u->aborted ? -1 : 0;
+    }
     return 0;
 }
 
@@ -821,7 +874,7 @@ int mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen, const char 
 int mg_up_pipe(mg_up_t *u)
 {
     if (u->owner == NULL || u->mode == MG_UP_PIPE) return -1;
-    if (u->mode == MG_UP_STREAM && u->handed > 0) {
+    if (u->handed > 0) {
         /* Lua already has these bytes (it switches while handling them) */
         mg_buf_consume(&u->inbuf, u->handed);
         u->handed = 0;
@@ -839,6 +892,41 @@ int mg_up_stream(mg_up_t *u)
     u->mode = MG_UP_STREAM;
     if (u->inbuf.len > 0 || u->done) mg_up__wake(u);
     return 0;
+}
+
+int mg_up_relay(mg_up_t *u, int fmt, const char *pending, size_t plen)
+{
+    if (u->owner == NULL || u->mode != MG_UP_STREAM) return -1;
+    if (u->handed > 0) {
+        /* Lua already has these bytes (it switches while handling them) */
+        mg_buf_consume(&u->inbuf, u->handed);
+        u->handed = 0;
+    }
+    if (plen > 0) {
+        /* the start of an event Lua's reader held: it goes back in front */
+        mg_buf_t b;
+        mg_buf_init(&b);
+        mg_buf_append(&b, pending, plen);
+        mg_buf_append(&b, u->inbuf.data, u->inbuf.len);
+        mg_buf_free(&u->inbuf);
+        u->inbuf = b;
+    }
+    u->mode = MG_UP_RELAY;
+    u->relay_fmt = fmt;
+    u->relay_open = 0;
+    if (u->inbuf.len > 0 || u->done) {
+        if (relay_scan(u) < 0) mg_up_abort_owned(u->owner);
+        if (u->mode != MG_UP_RELAY) return 0;
+    }
+    if (u->owner->conn == NULL || mg_conn_write_queue_small(u->owner->conn)) unpause(u);
+    return 0;
+}
+
+long mg_up_relayed(mg_up_t *u)
+{
+    long n = u->relay_chars;
+    u->relay_chars = 0;
+    return n;
 }
 
 const char *mg_up_errmsg(mg_up_t *u)
@@ -879,6 +967,7 @@ void mg_up_abort_owned(mg_req_t *r)
 void mg_up_client_drained(mg_req_t *r)
 {
     for (mg_up_t *u = r->ups; u != NULL; u = u->onext) {
-        if (u->paused && (u->mode == MG_UP_PIPE || u->inbuf.len == 0)) unpause(u);
+        if (u->paused && (u->mode == MG_UP_PIPE || u->mode == MG_UP_RELAY || u->inbuf.len == 0))
+            unpause(u);
     }
 }

@@ -19,7 +19,8 @@
 #define MG_UP_ERRLEN    256             /* CURL_ERROR_SIZE */
 #define MG_UP_EASY_POOL 64              /* idle curl easy handles kept */
 
-enum { MG_UP_UNDECIDED = 0, MG_UP_PIPE = 1, MG_UP_STREAM = 2 };
+enum { MG_UP_UNDECIDED = 0, MG_UP_PIPE = 1, MG_UP_STREAM = 2, MG_UP_RELAY = 3 };
+#define MG_UP_RELAY_MAX (64 * 1024)    /* a partial event the relay holds before Lua takes over */
 
 typedef struct mg_h1_conn mg_h1_conn_t;
 typedef struct mg_h1_pool mg_h1_pool_t;
@@ -97,6 +98,9 @@ struct mg_up {
     unsigned           watched : 1;
     unsigned           got_body : 1;
     size_t             handed;             /* inbuf bytes Lua holds in the current MG_EV_UP_DATA */
+    int                relay_fmt;          /* relay mode: MG_SSE_* */
+    long               relay_chars;        /* text characters relayed, not yet told */
+    size_t             relay_open;         /* inbuf's first bytes, known to hold no event boundary */
 
     mg_h1_xfer_t       h1;
 };

@@ -40,6 +40,8 @@ int      mg_up_header(mg_up_t *u, int i, const char **name, size_t *nlen,
                       const char **val, size_t *vlen);
 int      mg_up_pipe(mg_up_t *u);
 int      mg_up_stream(mg_up_t *u);
+int      mg_up_relay(mg_up_t *u, int fmt, const char *pending, size_t plen);
+long     mg_up_relayed(mg_up_t *u);
 const char *mg_up_errmsg(mg_up_t *u);
 double   mg_up_ttfb(mg_up_t *u);
 int      mg_up_watch(mg_up_t *u, double first_byte, double idle);
@@ -60,6 +62,7 @@ long mg_text_chars(const char *s, size_t len);
 long mg_text_bytes(const char *s, size_t len);
 int mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next);
 int mg_json_first_key_is(const char *s, size_t len, const char *key, size_t klen);
+long mg_sse_plain(const char *p, size_t n, int fmt, long *chars);
 
 void   mg_shared_init(size_t max_keys);
 int    mg_shared_get(const char *k, size_t kl, double *num, const char **str, size_t *slen);

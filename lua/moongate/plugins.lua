@@ -53,7 +53,9 @@ function _M.build(entries)
     for _, x in ipairs(indexed) do
       local fn = x.e.plugin and x.e.plugin[phase]
       if type(fn) == "function" then
-        list[#list + 1] = { name = x.e.name, fn = fn, conf = x.e.conf or {} }
+        local wants = phase == "on_chunk" and x.e.plugin.wants_chunks or nil
+        list[#list + 1] = { name = x.e.name, fn = fn, conf = x.e.conf or {},
+                            wants = type(wants) == "function" and wants or nil }
       end
     end
     chain[phase] = list
@@ -131,6 +133,22 @@ function _M.run(chain, phase, ctx, arg)
     end
   end
   return retry
+end
+
+-- wants_chunks(chain, ctx) -> whether some on_chunk plugin wants this answer's chunks: asked
+-- once, when its body starts. A plugin says no with a wants_chunks(ctx, conf) that returns false
+-- (docs/plugins.md); one without wants_chunks always wants them.
+function _M.wants_chunks(chain, ctx)
+  local list = chain.on_chunk
+  for i = 1, #list do
+    local p = list[i]
+    if not p.wants then return true end
+    ctx._plugin = p.name
+    local r = p.wants(ctx, p.conf)
+    ctx._plugin = nil
+    if r ~= false then return true end
+  end
+  return false
 end
 
 -- chunk(chain, ctx, chunk) -> the chunk after every on_chunk plugin: a string,

@@ -304,9 +304,9 @@ end
 
 -- Output of a decoder (or the raw bytes) through on_chunk: whole SSE events
 -- on a stream, the bytes as they come otherwise.
-local function emit(chain, ctx, r, splitter, data)
+local function emit(chain, ctx, r, splitter, data, plain)
   if not data or data == "" then return end
-  if #chain.on_chunk == 0 then
+  if plain then
     C.mg_resp_write(r, data, #data)
   elseif splitter then
     local events = splitter:feed(data)
@@ -480,25 +480,30 @@ local function forward(ctx, chain, att, status, out)
       ok = true   -- the stream ended before any byte
     end
   else
-    local splitter = sse_out and #chain.on_chunk > 0 and sse.new() or nil
+    -- plain: no on_chunk plugin wants this answer's chunks (they go to the client as they come)
+    local plain = #chain.on_chunk == 0 or not plugins.wants_chunks(chain, ctx)
+    local splitter = sse_out and not plain and sse.new() or nil
     -- with on_chunk plugins the decoder takes the provider's events one at a time: what a plugin
     -- sees of ctx.usage for an event is what was learnt up to it, not the rest of the read (a
     -- hard budget would otherwise cut the events before the one that crossed it)
     local by_event = splitter and dec and stream_in and sse.new() or nil
+    -- a same-format stream nobody but the decoder reads: between the events Lua must see, the
+    -- text deltas go to the client from C (att:relay, runtime/sse.c)
+    local relay = plain and dec and att.relay and dec.relay and true or false
     local data = first
     local res = ctx.response
     while data do
       if by_event then
         local evs = by_event:feed(data)
         for i = 1, #evs do
-          emit(chain, ctx, r, splitter, dec:chunk(evs[i]))
+          emit(chain, ctx, r, splitter, dec:chunk(evs[i]), plain)
           if res.abort or dec.failed then break end
         end
         data = nil
       elseif dec then
         data = dec:chunk(data)
       end
-      emit(chain, ctx, r, splitter, data)
+      emit(chain, ctx, r, splitter, data, plain)
       -- a plugin ended the answer (a hard budget crossed): it wrote its own
       -- last words; the provider is stopped and the connection cut
       if res.abort then
@@ -508,7 +513,14 @@ local function forward(ctx, chain, att, status, out)
       end
       -- the provider's error event, or garbage: nothing after it is read or sent on
       if dec and dec.failed then break end
-      data, kind, msg = att:read()
+      local fmt, pending
+      if relay then fmt, pending = dec:relay() end
+      if fmt then
+        data, kind, msg = att:relay(fmt, pending)
+        dec:relayed(att:relayed())
+      else
+        data, kind, msg = att:read()
+      end
     end
     if dec and dec.failed then
       att:close()
@@ -517,12 +529,12 @@ local function forward(ctx, chain, att, status, out)
     else
       ok = not kind
       local left = ok and by_event and by_event:finish()
-      if left then emit(chain, ctx, r, splitter, dec:chunk(left)) end
+      if left then emit(chain, ctx, r, splitter, dec:chunk(left), plain) end
       if ok and dec and dec.failed then
         ok, kind, msg = false, dec.provider_error and "provider-error" or "malformed", tostring(dec.failed)
       elseif ok and dec then
         local tail, ferr = dec:finish()
-        emit(chain, ctx, r, splitter, tail)
+        emit(chain, ctx, r, splitter, tail, plain)
         if ferr then
           ok, kind, msg = false, dec.provider_error and "provider-error" or "malformed", tostring(ferr)
         end

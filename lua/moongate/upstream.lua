@@ -9,6 +9,8 @@
 --   status, headers = att:wait_headers()    or nil, kind, message
 --   att:pipe()      body straight to the client (no Lua per chunk)
 --   att:stream()    body through Lua: att:read() -> data | nil, kind, message
+--   att:relay(fmt)  (real transfers) a same-format SSE stream: plain events from C, the
+--                   rest as att:read(); att:relayed() -> their text characters
 --   ok, kind, message = att:wait_done()
 --   att:close()
 --
@@ -102,6 +104,20 @@ end
 
 function Real:stream()
   C.mg_up_stream(self.u)
+end
+
+-- relay(fmt, pending): the same-format stream's plain events go to the client from C
+-- (mg_up_relay), starting with pending (the start of an event the decoder held), until one Lua
+-- must see; then like read(): the bytes from that event on, or nil at the end.
+-- relayed() -> the text characters of the events the relay passed on since it was last asked.
+function Real:relay(fmt, pending)
+  if not self.finished then C.mg_up_relay(self.u, fmt, pending, #pending) end
+  return self:read()
+end
+
+function Real:relayed()
+  if self.u == nil then return 0 end
+  return tonumber(C.mg_up_relayed(self.u))
 end
 
 function Real:read()

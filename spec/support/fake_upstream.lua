@@ -44,6 +44,12 @@
 --                                 body: anything, well-formed or not); the connection then
 --                                 serves on unless x-fake-raw-close is 1 (close) or reset (RST,
 --                                 100 ms after the bytes)
+--   x-fake-sse: BYTES             (any POST) answer a text/event-stream whose body is exactly
+--                                 BYTES, %XX-decoded, written in pieces of x-fake-sse-piece
+--                                 bytes (default: all at once; "event": one event a piece),
+--                                 each its own HTTP chunk, with
+--                                 x-fake-chunk-delay-ms between them
+--   x-fake-sse-repeat: N          (with x-fake-sse) BYTES N times over, then x-fake-sse-tail
 --   x-fake-pad-header: N          add X-Pad: N bytes of "p" to the answer's headers
 --   x-fake-close-after: 1         answer as usual, as if the connection stayed open, then close
 --                                 it (a server dropping an idle keep-alive connection)
@@ -582,6 +588,29 @@ local function handle(c, req)
       return nil
     end
     return true
+  end
+
+  if h["x-fake-sse"] then
+    local function unpct(v) return (v:gsub("%%(%x%x)", function(x) return string.char(tonumber(x, 16)) end)) end
+    local bytes = string.rep(unpct(h["x-fake-sse"]), tonumber(h["x-fake-sse-repeat"]) or 1) ..
+      unpct(h["x-fake-sse-tail"] or "")
+    local pieces = {}
+    if h["x-fake-sse-piece"] == "event" then
+      local i = 1
+      while i <= #bytes do
+        local e = #bytes
+        for _, b in ipairs({ "\n\n", "\r\n\r\n", "\r\r" }) do
+          local _, be = str_find(bytes, b, i, true)
+          if be and be < e then e = be end
+        end
+        pieces[#pieces + 1] = str_sub(bytes, i, e)
+        i = e + 1
+      end
+    else
+      local n = tonumber(h["x-fake-sse-piece"]) or #bytes
+      for i = 1, #bytes, n do pieces[#pieces + 1] = str_sub(bytes, i, i + n - 1) end
+    end
+    return stream(c, req, pieces)
   end
 
   if h["x-fake-body"] then

@@ -191,6 +191,12 @@ describe("budget", function()
       assert.is_false(budget.on_chunk(ctx, {}, "data: [DONE]\n\n"))
     end)
 
+    it("want a stream's chunks only under a hard budget", function()
+      assert.is_true(budget.wants_chunks(stream_ctx("ads"), {}))
+      assert.is_false(budget.wants_chunks(stream_ctx("search"), {}))
+      assert.is_false(budget.wants_chunks({ vars = {} }, {}))   -- no budget applies
+    end)
+
     it("leave streams under a soft budget alone", function()
       local key = budget.key("team", "search", CFG.teams.search.budget.period, gw.now())
       local ctx = stream_ctx("search")

@@ -51,6 +51,19 @@ describe("cost", function()
     assert.equal(8, ctx.vars._mg_text_bytes)
   end)
 
+  it("declines the chunks of a stream whose usage the gateway keeps, once its headers are out", function()
+    local ctx = ctx_for("gpt-4o", nil)
+    assert.is_true(cost.wants_chunks(ctx, conf))                -- headers not out: it may set one
+    ctx.response.headers_sent = true
+    assert.is_true(cost.wants_chunks(ctx, conf))                -- nobody keeps the usage: it counts
+    ctx.upstream = { decoder = { tracks_usage = function() return true end } }
+    assert.is_false(cost.wants_chunks(ctx, conf))
+    ctx.upstream = { decoder = { tracks_usage = function() return false end } }
+    assert.is_true(cost.wants_chunks(ctx, conf))
+    ctx.usage = { prompt_tokens = 1, completion_tokens = 1 }
+    assert.is_false(cost.wants_chunks(ctx, conf))
+  end)
+
   it("computes ctx.cost_usd in on_log, a target's prices first", function()
     local ctx = ctx_for("gpt-4o", { prompt_tokens = 1000, completion_tokens = 100, cached_tokens = 400 })
     cost.on_log(ctx, conf)

@@ -223,6 +223,37 @@ describe("plugins.chunk", function()
   end)
 end)
 
+describe("plugins.wants_chunks", function()
+  local function chunker(name, wants)
+    return { name = name, plugin = { on_chunk = function() end, wants_chunks = wants } }
+  end
+
+  it("is false with no on_chunk plugin, or when every one says false", function()
+    assert.is_false(plugins.wants_chunks(plugins.build({}), {}))
+    local chain = plugins.build({ chunker("a", function() return false end),
+                                  chunker("b", function() return false end) })
+    local ctx = {}
+    assert.is_false(plugins.wants_chunks(chain, ctx))
+    assert.is_nil(ctx._plugin)
+  end)
+
+  it("is true when one plugin has no wants_chunks, or says anything but false", function()
+    local no = function() return false end
+    assert.is_true(plugins.wants_chunks(plugins.build({ chunker("a", no), chunker("b", nil) }), {}))
+    assert.is_true(plugins.wants_chunks(plugins.build({ chunker("a", no),
+                                                        chunker("b", function() end) }), {}))
+    assert.is_true(plugins.wants_chunks(plugins.build({ chunker("a", function() return true end) }), {}))
+  end)
+
+  it("hands the plugin ctx and its conf", function()
+    local seen
+    local chain = plugins.build({ { name = "a", conf = { k = 1 }, plugin = { on_chunk = function() end,
+      wants_chunks = function(ctx, conf) seen = { ctx.id, conf.k } return false end } } })
+    plugins.wants_chunks(chain, { id = "r1" })
+    assert.same({ "r1", 1 }, seen)
+  end)
+end)
+
 describe("plugins.chain_for", function()
   local function cfg_with(globals)
     return { plugins = globals }
