@@ -62,6 +62,7 @@ kill $HOLD
 #    gateway (same machine, one clock). nginx pays the same extra hop, so moongate minus nginx
 #    is what moongate's own handling of an event adds.
 luajit "$ROOT/bench/stream_latency.lua" "$LP" "" 500
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }   # ns on CPU, all threads
 NGINX=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 if [[ -x $NGINX ]]; then
     NG=$(port)
@@ -89,9 +90,13 @@ http {
     }
 }
 NGX
-    "$NGINX" -c "$TMP/nginx.conf" -p "$TMP/nginx" -g 'daemon off;' 2> "$TMP/nginx/stderr" & PIDS+=($!)
+    "$NGINX" -c "$TMP/nginx.conf" -p "$TMP/nginx" -g 'daemon off;' 2> "$TMP/nginx/stderr" & NGM=$!; PIDS+=($NGM)
     for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$NG) 2>/dev/null && break; sleep 0.1; done
+    NGW=$(pgrep -P "$NGM" | head -n1)
+    n0=$(cpu_ns "$NGW")
     luajit "$ROOT/bench/stream_latency.lua" "$LP" "$NG" 500 | sed 's/through moongate/through nginx/'
+    n1=$(cpu_ns "$NGW")
+    echo "nginx CPU per event: $(( (n1 - n0) / 505 / 1000 )) us (its worker's CPU time over the run / events)"
 fi
 cat > "$TMP/through.lua" <<'LUA'
 -- the gateway route for this run needs the x-bench header: patch the client's request line
@@ -101,7 +106,6 @@ src = src:gsub('Host: x\\r\\n', 'Host: x\\r\\nx-bench: latency\\r\\n')
 arg = { [0] = "stream_latency.lua", lp, gw, "500" }
 assert(loadstring(src))()
 LUA
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }   # ns on CPU, all threads
 i0=$(cpu_ns $MG); sleep 5; i1=$(cpu_ns $MG)          # what the idle gateway spends (timers), per second
 t0=$(cpu_ns $MG); s0=$(date +%s%N)
 luajit "$TMP/through.lua" "$ROOT" "$LP" "$GW"
