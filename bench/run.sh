@@ -14,12 +14,20 @@ CONNECTIONS=${BENCH_CONNECTIONS:-50}    # wrk -c
 THREADS=${BENCH_THREADS:-1}             # wrk -t
 RUNS=${BENCH_RUNS:-3}                   # interleaved repetitions; medians are reported
 WARMUP=${BENCH_WARMUP:-3}               # seconds of warm-up per target before the measured runs
+RATE=${BENCH_RATE:-}                    # requests/s over all connections (paced); empty: as fast as it goes
 MOONGATE=${MOONGATE_BIN:-$ROOT/build/moongate}
 NGINX=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 WRK=${WRK_BIN:-$(command -v wrk || echo wrk)}
 MG_TEMPLATE=${BENCH_MOONGATE_TEMPLATE:-$BENCH_DIR/moongate.lua.in}
 RESULTS_BASE=${BENCH_RESULTS:-$BENCH_DIR/results}
 SCRIPT=$BENCH_DIR/chat.lua
+WRK_SCRIPT=$SCRIPT
+if [[ -n $RATE ]]; then
+    [[ $RATE =~ ^[0-9]+$ ]] && (( RATE > 0 )) || { echo "bench: BENCH_RATE must be a whole number > 0" >&2; exit 1; }
+    WRK_SCRIPT=$BENCH_DIR/chat-paced.lua
+    # each connection waits this long before each request: about RATE requests/s in all
+    export BENCH_DELAY_MS=$(( CONNECTIONS * 1000 / RATE ))
+fi
 
 NCPU=$(nproc)
 PROXY_CPU=${BENCH_PROXY_CPU:-0}         # the proxy under test (nginx proxy, moongate)
@@ -219,7 +227,7 @@ declare -A PID=([direct]=$UP_PID [nginx-proxy]=$NGX_PID [moongate]=$MG_PID)
     echo "moongate: $MOONGATE ($("$MOONGATE" version 2>/dev/null | head -n 1 || echo '?'))"
     echo "nginx: $("$NGINX" -v 2>&1)"
     echo "wrk: $("$WRK" -v 2>&1 | head -n 1 | awk '{print $1, $2}')"
-    echo "load: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s bench/chat.lua; runs: $RUNS; warm-up: ${WARMUP}s"
+    echo "load: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency -s bench/$(basename "$WRK_SCRIPT")${RATE:+ (paced: ${BENCH_DELAY_MS} ms before each request on each connection, ~$RATE req/s)}; runs: $RUNS; warm-up: ${WARMUP}s"
     echo "request: POST /v1/chat/completions, ${#BODY}-byte body; response: $(stat -c %s "$TMP/sanity-direct.json") bytes"
     echo "pinning: proxy under test on CPU $PROXY_CPU, fake provider on CPU $UP_CPU, wrk on CPU $WRK_CPUS"
     [[ $WRK_CPUS == "$UP_CPU" ]] && echo "note: $NCPU-CPU machine: wrk and the fake provider share CPU $UP_CPU, so the load generator may cap throughput (see gen-core busy%)"
@@ -233,7 +241,7 @@ run_wrk() {  # TARGET DURATION OUTFILE
     local port=${PORT[$1]}
     # in the background + wait, so a signal to this script is handled at once, not after wrk ends
     timeout -k 5 $(( $2 + 30 )) taskset -c "$WRK_CPUS" "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$2"s \
-        --timeout 5s --latency -s "$SCRIPT" "http://127.0.0.1:$port/v1/chat/completions" >"$3" 2>&1 &
+        --timeout 5s --latency -s "$WRK_SCRIPT" "http://127.0.0.1:$port/v1/chat/completions" >"$3" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || note "wrk against $1 exited with status $? (see $3)"
     WRK_PID=

@@ -62,7 +62,6 @@ long mg_text_chars(const char *s, size_t len);
 long mg_text_bytes(const char *s, size_t len);
 int mg_json_has_member(const char *s, size_t len, const char *key, size_t klen, int next);
 int mg_json_first_key_is(const char *s, size_t len, const char *key, size_t klen);
-long mg_sse_plain(const char *p, size_t n, int fmt, long *chars);
 
 void   mg_shared_init(size_t max_keys);
 int    mg_shared_get(const char *k, size_t kl, double *num, const char **str, size_t *slen);

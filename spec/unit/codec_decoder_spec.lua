@@ -882,3 +882,51 @@ describe("codec decoders on broken answers (property test)", function()
     end
   end)
 end)
+
+describe("codec decoder hand-over to the C relay", function()
+  local decoder = require("moongate.codec.decoder")
+  local function stream_decoder(client, wire)
+    local ctx = { request = { json = fx.REQUEST, headers = {} } }
+    local d = decoder.new({ ctx = ctx, client = client, wire = wire, endpoint = client == "anthropic" and "messages"
+                            or "chat", stream = true, request_doc = fx.REQUEST })
+    assert.equal(200, d:head(200, { ["content-type"] = SSE }))
+    return d, ctx
+  end
+  local DELTA = 'data: {"choices":[{"index":0,"delta":{"content":"abcd"},"finish_reason":null}]}\n\n'
+
+  it("offers a same-format stream, with the partial event its reader held, which it then forgets", function()
+    local d = stream_decoder("openai", "openai")
+    assert.equal(DELTA, d:chunk(DELTA .. 'data: {"choi'))
+    local fmt, pending = d:relay()
+    assert.equal(1, fmt)
+    assert.equal('data: {"choi', pending)
+    -- the reader starts afresh: what the relay hands back is whole events from their start
+    assert.equal(DELTA, d:chunk(DELTA))
+    local f2, p2 = d:relay()
+    assert.equal(1, f2)
+    assert.equal("", p2)
+    assert.equal(2, (stream_decoder("anthropic", "anthropic"):relay()))
+  end)
+
+  it("counts what the relay passed on into the usage it publishes", function()
+    local d, ctx = stream_decoder("openai", "openai")
+    d:chunk(DELTA)
+    local before = ctx.usage.completion_tokens
+    d:relayed(400)   -- 400 characters of text: about 100 tokens more
+    assert.is_true(ctx.usage.estimated)
+    assert.is_true(ctx.usage.completion_tokens >= before + 90, tostring(ctx.usage.completion_tokens))
+  end)
+
+  it("offers nothing for a translated stream, after a failure, or with a partial event past 64 KB", function()
+    assert.is_nil((stream_decoder("openai", "anthropic"):relay()))
+    local d = stream_decoder("openai", "openai")
+    d:chunk("data: not json\n\n")
+    assert.is_string(d.failed)
+    assert.is_nil((d:relay()))
+    d = stream_decoder("openai", "openai")
+    local big = 'data: {"x":"' .. string.rep("y", 70000)
+    assert.equal("", d:chunk(big))
+    assert.is_nil((d:relay()))
+    assert.equal(big, d.reader.split.buf)   -- kept for Lua
+  end)
+end)
