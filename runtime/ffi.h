@@ -72,7 +72,8 @@ MG_EXPORT int      mg_up_stream(mg_up_t *u);
  * start of an event Lua's reader held, which goes first. At the first one it does not (or a partial event past 64 KB) the transfer goes back to
  * stream mode and Lua gets the bytes from that event on as MG_EV_UP_DATA; at the end Lua gets
  * what is left that way, then MG_EV_UP_DONE. mg_up_relayed() returns the text characters of
- * the events relayed since it was last called. */
+ * the events relayed since it was last called. -1 (nothing taken, the mode unchanged) when the
+ * transfer is not in stream mode or is over: the rest, and its end, are then Lua's to read. */
 MG_EXPORT int      mg_up_relay(mg_up_t *u, int fmt, const char *pending, size_t plen);
 MG_EXPORT long     mg_up_relayed(mg_up_t *u);
 MG_EXPORT const char *mg_up_errmsg(mg_up_t *u);

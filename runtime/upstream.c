@@ -896,7 +896,8 @@ int mg_up_stream(mg_up_t *u)
 
 int mg_up_relay(mg_up_t *u, int fmt, const char *pending, size_t plen)
 {
-    if (u->owner == NULL || u->mode != MG_UP_STREAM) return -1;
+    /* once the transfer is over, what is left is Lua's (its end follows the bytes it holds) */
+    if (u->owner == NULL || u->mode != MG_UP_STREAM || u->done) return -1;
     if (u->handed > 0) {
         /* Lua already has these bytes (it switches while handling them) */
         mg_buf_consume(&u->inbuf, u->handed);
@@ -914,7 +915,7 @@ int mg_up_relay(mg_up_t *u, int fmt, const char *pending, size_t plen)
     u->mode = MG_UP_RELAY;
     u->relay_fmt = fmt;
     u->relay_open = 0;
-    if (u->inbuf.len > 0 || u->done) {
+    if (u->inbuf.len > 0) {
         if (relay_scan(u) < 0) mg_up_abort_owned(u->owner);
         if (u->mode != MG_UP_RELAY) return 0;
     }

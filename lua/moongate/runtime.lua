@@ -515,8 +515,9 @@ local function forward(ctx, chain, att, status, out)
       if dec and dec.failed then break end
       local fmt, pending
       if relay then fmt, pending = dec:relay() end
-      if fmt then
-        data, kind, msg = att:relay(fmt, pending)
+      if fmt and att:relay(fmt, pending) then
+        dec:relay_taken()
+        data, kind, msg = att:read()
         dec:relayed(att:relayed())
       else
         data, kind, msg = att:read()

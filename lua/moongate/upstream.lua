@@ -9,8 +9,8 @@
 --   status, headers = att:wait_headers()    or nil, kind, message
 --   att:pipe()      body straight to the client (no Lua per chunk)
 --   att:stream()    body through Lua: att:read() -> data | nil, kind, message
---   att:relay(fmt)  (real transfers) a same-format SSE stream: plain events from C, the
---                   rest as att:read(); att:relayed() -> their text characters
+--   att:relay(fmt, pending)  (real transfers, in stream mode) a same-format SSE stream: plain
+--                   events from C, the rest as att:read(); att:relayed() -> their text characters
 --   ok, kind, message = att:wait_done()
 --   att:close()
 --
@@ -106,13 +106,14 @@ function Real:stream()
   C.mg_up_stream(self.u)
 end
 
--- relay(fmt, pending): the same-format stream's plain events go to the client from C
--- (mg_up_relay), starting with pending (the start of an event the decoder held), until one Lua
--- must see; then like read(): the bytes from that event on, or nil at the end.
+-- relay(fmt, pending) -> true when C took the stream over (mg_up_relay): its plain events go to
+-- the client from C, starting with pending (the start of an event the decoder held, now C's),
+-- until one Lua must see; read() then gives the bytes from that event on, or the end. false when
+-- the transfer is over (or not streaming): pending stays the decoder's, read() goes on as before.
 -- relayed() -> the text characters of the events the relay passed on since it was last asked.
 function Real:relay(fmt, pending)
-  if not self.finished then C.mg_up_relay(self.u, fmt, pending, #pending) end
-  return self:read()
+  if self.finished then return false end
+  return C.mg_up_relay(self.u, fmt, pending, #pending) == 0
 end
 
 function Real:relayed()

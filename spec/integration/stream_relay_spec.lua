@@ -251,6 +251,58 @@ describe("same-format streams relayed from C", function()
     assert.equal(lines[1].completion_tokens, lines[2].completion_tokens)
   end)
 
+  -- the relay holds the start of an event when the transfer ends: the rest, and the end, are Lua's
+  it("a last event without its blank line ends the stream as through Lua, and the request is logged", function()
+    for _, piece in ipairs({ "event", 5, 100000 }) do
+      local sse = openai_stream({}):gsub("\n\n$", "\n")   -- "data: [DONE]\n"
+      local a, ea, la = run(gw, "/v1/chat/completions", CHAT, sse, true, piece)
+      local b, eb, lb = run(gw, "/v1/chat/completions", CHAT, sse, false, piece)
+      assert.equal(ea, eb)
+      assert.equal(a, b)
+      assert.equal(la.completion_tokens, lb.completion_tokens)
+    end
+  end)
+
+  it("a provider that closes in the middle of an event: an error event, no clean end, logged", function()
+    local sse = openai_stream({}):gsub("data: %[DONE%]\n\n$", "") .. 'data: {"id":"c1","choi'
+    for _, piece in ipairs({ "event", 5 }) do
+      local a, ea = run(gw, "/v1/chat/completions", CHAT, sse, true, piece)
+      local b, eb, lb = run(gw, "/v1/chat/completions", CHAT, sse, false, piece)
+      assert.equal("closed", ea)
+      assert.equal("closed", eb)
+      assert.equal(a, b)
+      assert.truthy(b:find('"error"', 1, true))
+      assert.equal(200, lb.status)
+    end
+    -- and the worker serves on
+    local res = helpers.http(gw.port, { method = "POST", path = "/v1/chat/completions", timeout = 5,
+      headers = { ["Content-Type"] = "application/json" },
+      body = '{"model":"m","messages":[{"role":"user","content":"hi"}]}' })
+    assert.equal(200, res.status)
+  end)
+
+  it("a client that leaves while the relay holds half an event: the request is logged", function()
+    local block = {}
+    for i = 1, 20 do block[i] = oa_delta("leaving " .. i .. " ") end
+    block = table.concat(block)
+    n = n + 1
+    local id = "relay-" .. n
+    local s = helpers.stream(gw.port, { method = "POST", path = "/v1/chat/completions", timeout = 15,
+      headers = { ["Content-Type"] = "application/json", ["X-Request-Id"] = id,
+                  ["x-fake-sse"] = pct(block), ["x-fake-sse-repeat"] = "3000", ["x-fake-sse-piece"] = "65536" },
+      body = CHAT })
+    assert.equal(200, s.status)
+    assert.is_string(s:read_event(10))
+    s:close()
+    local line = access_line(gw, id)
+    assert.equal(200, line.status)   -- what the client was sent; it left midway
+    assert.is_true(line.completion_tokens > 0)
+    local res = helpers.http(gw.port, { method = "POST", path = "/v1/chat/completions", timeout = 5,
+      headers = { ["Content-Type"] = "application/json" },
+      body = '{"model":"m","messages":[{"role":"user","content":"hi"}]}' })
+    assert.equal(200, res.status)
+  end)
+
   for _, piece in ipairs({ 3, 64, "event" }) do
     it("an Anthropic stream: the same bytes and usage through either path, in pieces of " .. piece, function()
       local sse = anthropic_stream()

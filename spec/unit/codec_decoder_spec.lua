@@ -894,12 +894,14 @@ describe("codec decoder hand-over to the C relay", function()
   end
   local DELTA = 'data: {"choices":[{"index":0,"delta":{"content":"abcd"},"finish_reason":null}]}\n\n'
 
-  it("offers a same-format stream, with the partial event its reader held, which it then forgets", function()
+  it("offers a same-format stream with the partial event its reader holds, forgotten once taken", function()
     local d = stream_decoder("openai", "openai")
     assert.equal(DELTA, d:chunk(DELTA .. 'data: {"choi'))
     local fmt, pending = d:relay()
     assert.equal(1, fmt)
     assert.equal('data: {"choi', pending)
+    assert.equal('data: {"choi', select(2, d:relay()))   -- not taken: still the reader's
+    d:relay_taken()
     -- the reader starts afresh: what the relay hands back is whole events from their start
     assert.equal(DELTA, d:chunk(DELTA))
     local f2, p2 = d:relay()

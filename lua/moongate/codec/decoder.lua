@@ -423,19 +423,21 @@ function Decoder:_chunk(data)
 end
 Decoder.chunk = guarded("chunk", Decoder._chunk)
 
--- relay() -> 1 (OpenAI) or 2 (Anthropic), and the start of an event the reader held (now the
--- relay's), when the runtime may hand this answer's next events to the C relay (runtime/sse.c
--- passes on the text deltas this decoder would only count, and leaves every other event to it,
--- from its first byte: the reader starts afresh where the relay stops); nil otherwise.
+-- relay() -> 1 (OpenAI) or 2 (Anthropic), and the start of an event the reader holds, when the
+-- runtime may hand this answer's next events to the C relay (runtime/sse.c passes on the text
+-- deltas this decoder would only count, and leaves every other event to it, from its first byte);
+-- nil otherwise. relay_taken(): the relay took them, and the reader starts afresh where it stops.
 local RELAY = { openai = 1, anthropic = 2 }
 local RELAY_MAX = 65536   -- runtime/upstream_int.h MG_UP_RELAY_MAX: a longer one stays here
 function Decoder:relay()
   if self.mode ~= "same_stream" or self.failed or not self.reader then return nil end
-  local split = self.reader.split
-  local pending = split.buf
+  local pending = self.reader.split.buf
   if #pending > RELAY_MAX then return nil end
-  split.buf = ""
   return RELAY[self.client], pending
+end
+
+function Decoder:relay_taken()
+  self.reader.split.buf = ""
 end
 
 -- tracks_usage() -> true when every piece through chunk() updates ctx.usage (a streamed answer)
