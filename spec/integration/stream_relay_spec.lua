@@ -127,6 +127,24 @@ local function run(gw, path, body, sse, lua, piece)
   return got, ended, access_line(gw, id)
 end
 
+-- the same stream through the Lua path, then the relay: the client gets the same bytes and the
+-- same end from both. -> those bytes, that end, the Lua path's access log line, the relay's
+local function both(gw, path, body, sse, piece)
+  local a, ea, la = run(gw, path, body, sse, true, piece)
+  local b, eb, lb = run(gw, path, body, sse, false, piece)
+  assert.equal(ea, eb)
+  assert.equal(a, b)
+  return b, eb, la, lb
+end
+
+-- the worker answers the next request (it is not stuck on the last one)
+local function serves_on(gw)
+  local res = helpers.http(gw.port, { method = "POST", path = "/v1/chat/completions", timeout = 5,
+    headers = { ["Content-Type"] = "application/json" },
+    body = '{"model":"m","messages":[{"role":"user","content":"hi"}]}' })
+  assert.equal(200, res.status)
+end
+
 local CHAT = '{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 local CHAT_USAGE = '{"model":"m","stream":true,"stream_options":{"include_usage":true},' ..
   '"messages":[{"role":"user","content":"hi"}]}'
@@ -155,11 +173,8 @@ describe("same-format streams relayed from C", function()
   for _, piece in ipairs({ 1, 7, "event", 100000 }) do
     it("an OpenAI stream without usage: the same bytes and the same estimate, in pieces of " .. piece, function()
       local sse = openai_stream({})
-      local a, ea, la = run(gw, "/v1/chat/completions", CHAT, sse, true, piece)
-      local b, eb, lb = run(gw, "/v1/chat/completions", CHAT, sse, false, piece)
-      assert.equal("eof", ea)
+      local b, eb, la, lb = both(gw, "/v1/chat/completions", CHAT, sse, piece)
       assert.equal("eof", eb)
-      assert.equal(a, b)
       assert.equal("oa-lua", la.route)
       assert.equal("oa-c", lb.route)
       -- estimated from the text's characters: the relay counted the same text Lua did
@@ -173,9 +188,7 @@ describe("same-format streams relayed from C", function()
 
   it("an OpenAI stream with usage asked for by the client: its usage, through either path", function()
     local sse = openai_stream({ usage = true })
-    local a, _, la = run(gw, "/v1/chat/completions", CHAT_USAGE, sse, true, "event")
-    local b, _, lb = run(gw, "/v1/chat/completions", CHAT_USAGE, sse, false, "event")
-    assert.equal(a, b)
+    local b, _, la, lb = both(gw, "/v1/chat/completions", CHAT_USAGE, sse, "event")
     assert.truthy(b:find('"completion_tokens":57', 1, true))
     assert.equal(57, la.completion_tokens)
     assert.equal(57, lb.completion_tokens)
@@ -184,9 +197,7 @@ describe("same-format streams relayed from C", function()
 
   it("an OpenAI stream without stream_options: the usage chunk the gateway asked for is dropped", function()
     local sse = openai_stream({ usage = true })
-    local a, _, la = run(gw, "/v1/chat/completions", CHAT, sse, true, "event")
-    local b, _, lb = run(gw, "/v1/chat/completions", CHAT, sse, false, "event")
-    assert.equal(a, b)
+    local b, _, la, lb = both(gw, "/v1/chat/completions", CHAT, sse, "event")
     assert.falsy(b:find('"usage":{', 1, true))
     assert.equal(57, la.completion_tokens)
     assert.equal(57, lb.completion_tokens)
@@ -194,10 +205,7 @@ describe("same-format streams relayed from C", function()
 
   it("a provider error after relayed deltas: the deltas, the error event as it came, a cut stream", function()
     local sse = openai_stream({ error = true })
-    local a, ea = run(gw, "/v1/chat/completions", CHAT, sse, true, "event")
-    local b, eb = run(gw, "/v1/chat/completions", CHAT, sse, false, "event")
-    assert.equal(a, b)
-    assert.equal("closed", ea)
+    local b, eb = both(gw, "/v1/chat/completions", CHAT, sse, "event")
     assert.equal("closed", eb)
     assert.truthy(b:find("more 20", 1, true))
     assert.truthy(b:find('"message":"overloaded mid-stream"', 1, true))
@@ -205,22 +213,16 @@ describe("same-format streams relayed from C", function()
 
   it("an event that is not JSON after relayed deltas is never passed on", function()
     local sse = openai_stream({ garbage = true })
-    local a, ea = run(gw, "/v1/chat/completions", CHAT, sse, true, "event")
-    local b, eb = run(gw, "/v1/chat/completions", CHAT, sse, false, "event")
-    assert.equal(a, b)
+    local b, eb = both(gw, "/v1/chat/completions", CHAT, sse, "event")
     assert.equal("closed", eb)
-    assert.equal(ea, eb)
     assert.falsy(b:find("this is not json", 1, true))
     assert.truthy(b:find("more 20", 1, true))
   end)
 
   it("a stream that ends after its finish reason without [DONE] gets one, through either path", function()
     local sse = openai_stream({ no_done = true })
-    local a, ea = run(gw, "/v1/chat/completions", CHAT, sse, true, "event")
-    local b, eb = run(gw, "/v1/chat/completions", CHAT, sse, false, "event")
-    assert.equal("eof", ea)
+    local b, eb = both(gw, "/v1/chat/completions", CHAT, sse, "event")
     assert.equal("eof", eb)
-    assert.equal(a, b)
     assert.equal(sse:gsub(": keep%-alive\n\n", "") .. "data: [DONE]\n\n", b)
   end)
 
@@ -255,10 +257,7 @@ describe("same-format streams relayed from C", function()
   it("a last event without its blank line ends the stream as through Lua, and the request is logged", function()
     for _, piece in ipairs({ "event", 5, 100000 }) do
       local sse = openai_stream({}):gsub("\n\n$", "\n")   -- "data: [DONE]\n"
-      local a, ea, la = run(gw, "/v1/chat/completions", CHAT, sse, true, piece)
-      local b, eb, lb = run(gw, "/v1/chat/completions", CHAT, sse, false, piece)
-      assert.equal(ea, eb)
-      assert.equal(a, b)
+      local _, _, la, lb = both(gw, "/v1/chat/completions", CHAT, sse, piece)
       assert.equal(la.completion_tokens, lb.completion_tokens)
     end
   end)
@@ -266,19 +265,12 @@ describe("same-format streams relayed from C", function()
   it("a provider that closes in the middle of an event: an error event, no clean end, logged", function()
     local sse = openai_stream({}):gsub("data: %[DONE%]\n\n$", "") .. 'data: {"id":"c1","choi'
     for _, piece in ipairs({ "event", 5 }) do
-      local a, ea = run(gw, "/v1/chat/completions", CHAT, sse, true, piece)
-      local b, eb, lb = run(gw, "/v1/chat/completions", CHAT, sse, false, piece)
-      assert.equal("closed", ea)
+      local b, eb, _, lb = both(gw, "/v1/chat/completions", CHAT, sse, piece)
       assert.equal("closed", eb)
-      assert.equal(a, b)
       assert.truthy(b:find('"error"', 1, true))
       assert.equal(200, lb.status)
     end
-    -- and the worker serves on
-    local res = helpers.http(gw.port, { method = "POST", path = "/v1/chat/completions", timeout = 5,
-      headers = { ["Content-Type"] = "application/json" },
-      body = '{"model":"m","messages":[{"role":"user","content":"hi"}]}' })
-    assert.equal(200, res.status)
+    serves_on(gw)
   end)
 
   it("a client that leaves while the relay holds half an event: the request is logged", function()
@@ -297,21 +289,15 @@ describe("same-format streams relayed from C", function()
     local line = access_line(gw, id)
     assert.equal(200, line.status)   -- what the client was sent; it left midway
     assert.is_true(line.completion_tokens > 0)
-    local res = helpers.http(gw.port, { method = "POST", path = "/v1/chat/completions", timeout = 5,
-      headers = { ["Content-Type"] = "application/json" },
-      body = '{"model":"m","messages":[{"role":"user","content":"hi"}]}' })
-    assert.equal(200, res.status)
+    serves_on(gw)
   end)
 
   for _, piece in ipairs({ 3, 64, "event" }) do
     it("an Anthropic stream: the same bytes and usage through either path, in pieces of " .. piece, function()
       local sse = anthropic_stream()
-      local a, ea, la = run(gw, "/v1/messages", MESSAGES, sse, true, piece)
-      local b, eb, lb = run(gw, "/v1/messages", MESSAGES, sse, false, piece)
-      assert.equal("eof", ea)
+      local b, eb, la, lb = both(gw, "/v1/messages", MESSAGES, sse, piece)
       assert.equal("eof", eb)
       assert.equal(sse, b)
-      assert.equal(a, b)
       assert.equal("an-c", lb.route)
       assert.equal(42, la.completion_tokens)
       assert.equal(42, lb.completion_tokens)
