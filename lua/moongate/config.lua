@@ -44,9 +44,9 @@ _M.always_on = { "router", "balancer", "health", "provider" }
 -- Shipped plugins switched on when any budget is configured (SPEC §2 "Budgets").
 _M.budget_plugins = { "cost", "budget" }
 
--- The hooks of SPEC §5; anything else in a plugin module is its own business.
+-- The hooks of SPEC §5, and wants_chunks (docs/plugins.md); anything else in a plugin module is its own business.
 _M.hooks = { "init", "on_route", "on_request", "on_balance", "on_upstream_request",
-             "on_response", "on_chunk", "on_error", "on_log" }
+             "on_response", "on_chunk", "wants_chunks", "on_error", "on_log" }
 
 -- Top-level options in the order SPEC §2 lists them: the order errors come out in when the file
 -- returns a table (the order globals were set in is used otherwise).

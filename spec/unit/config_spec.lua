@@ -636,6 +636,12 @@ describe("config.load", function()
             assert.same({ 'plugins[1]: plugin "h": hook on_request must be a function' }, errs)
         end)
 
+        it("refuse a wants_chunks that is not a function", function()
+            local errs = errors_of(MINIMAL ..
+              'plugins = { { name = "h", handler = { on_chunk = function() end, wants_chunks = false } } }\n')
+            assert.same({ 'plugins[1]: plugin "h": hook wants_chunks must be a function' }, errs)
+        end)
+
         it("call init(conf) and report its error at the entry", function()
             local cfg = assert(load(MINIMAL .. 'plugins = { { name = "limiter", limit = 5 } }\n'))
             assert.is_true(cfg.plugins[1].conf.ready)
