@@ -258,7 +258,10 @@ describe("same-format streams relayed from C", function()
   it("a last event without its blank line ends the stream as through Lua, and the request is logged", function()
     for _, piece in ipairs({ "event", 5, 100000 }) do
       local sse = openai_stream({}):gsub("\n\n$", "\n")   -- "data: [DONE]\n"
-      local _, _, la, lb = both(gw, "/v1/chat/completions", CHAT, sse, piece)
+      local b, eb, la, lb = both(gw, "/v1/chat/completions", CHAT, sse, piece)
+      assert.equal("eof", eb)
+      -- ended for the client, whose SSE parser would drop an event without its blank line
+      assert.equal(sse:gsub(": keep%-alive\n\n", "") .. "\n", b)
       assert.equal(la.completion_tokens, lb.completion_tokens)
     end
   end)

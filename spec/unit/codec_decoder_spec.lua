@@ -932,3 +932,33 @@ describe("codec decoder hand-over to the C relay", function()
     assert.equal(big, d.reader.split.buf)   -- kept for Lua
   end)
 end)
+
+describe("codec decoder on a same-format stream's last event left without its blank line", function()
+  local decoder = require("moongate.codec.decoder")
+  local function finish_of(client, text)
+    local ctx = { request = { json = fx.REQUEST, headers = {} } }
+    local d = decoder.new({ ctx = ctx, client = client, wire = client, stream = true, request_doc = fx.REQUEST,
+                            endpoint = client == "anthropic" and "messages" or "chat" })
+    d:head(200, { ["content-type"] = SSE })
+    local out = d:chunk(text)
+    local tail, err = d:finish()
+    return out .. (tail or ""), err
+  end
+  local DELTA = 'data: {"choices":[{"index":0,"delta":{"content":"ab"},"finish_reason":null}]}\n\n'
+
+  it("ends it, with the line ends it had, so that a client's SSE parser does not drop it", function()
+    assert.equal(DELTA .. "data: [DONE]\n\n", (finish_of("openai", DELTA .. "data: [DONE]\n")))
+    assert.equal(DELTA .. "data: [DONE]\n\n", (finish_of("openai", DELTA .. "data: [DONE]")))
+    assert.equal(DELTA .. "data: [DONE]\r\n\r\n", (finish_of("openai", DELTA .. "data: [DONE]\r\n")))
+    local stop = 'event: message_stop\ndata: {"type":"message_stop"}'
+    local out, err = finish_of("anthropic", stop .. "\n")
+    assert.is_nil(err)
+    assert.equal(stop .. "\n\n", out)
+  end)
+
+  it("still fails a stream whose cut event is not whole", function()
+    local out, err = finish_of("openai", DELTA .. 'data: {"choi')
+    assert.is_string(err)
+    assert.equal(DELTA, out)
+  end)
+end)

@@ -455,7 +455,18 @@ function Decoder:_finish()
   if self.mode == "pass" then return nil end
   if not self.reader then return nil end
   local out = {}
-  if not self.failed then self:_events(self.reader:finish(), out) end
+  if not self.failed then
+    local rest = self.reader:finish()
+    self:_events(rest, out)
+    -- a last event the provider left without its blank line ("data: [DONE]\n", then the close):
+    -- a client's SSE parser would drop it, so it goes out ended
+    local last = rest[1] and rest[1].raw
+    if self.mode == "same_stream" and last and out[#out] == last and last ~= "" then
+      local tail = sub(last, -2)
+      out[#out] = last .. ((tail == "\r\n" and "\r\n") or (sub(tail, -1) == "\n" and "\n")
+        or (sub(tail, -1) == "\r" and "\r") or "\n\n")
+    end
+  end
   if not self.failed then
     if self.mode == "same_stream" then
       if not self.complete and self.client == "openai" and self.finished then
