@@ -489,7 +489,7 @@ local function forward(ctx, chain, att, status, out)
     local by_event = splitter and dec and stream_in and sse.new() or nil
     -- a same-format stream nobody but the decoder reads: between the events Lua must see, the
     -- text deltas go to the client from C (att:relay, runtime/sse.c)
-    local relay = plain and dec and att.relay and dec.relay and true or false
+    local relay = plain and dec ~= nil and att.relay ~= nil
     local data = first
     local res = ctx.response
     while data do
@@ -515,13 +515,10 @@ local function forward(ctx, chain, att, status, out)
       if dec and dec.failed then break end
       local fmt, pending
       if relay then fmt, pending = dec:relay() end
-      if fmt and att:relay(fmt, pending) then
-        dec:relay_taken()
-        data, kind, msg = att:read()
-        dec:relayed(att:relayed())
-      else
-        data, kind, msg = att:read()
-      end
+      local relaying = fmt ~= nil and att:relay(fmt, pending)
+      if relaying then dec:relay_taken() end
+      data, kind, msg = att:read()
+      if relaying then dec:relayed(att:relayed()) end
     end
     if dec and dec.failed then
       att:close()

@@ -45,6 +45,14 @@ local function oa_delta(text, nl)
     '"delta":{"content":' .. cjson.encode(text) .. '},"finish_reason":null}]}' .. (nl or "\n\n")
 end
 
+local FINISH = 'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},' ..
+  '"finish_reason":"stop"}]}\n\n'
+
+-- what the client gets of a same-format stream: all of it but the comment-only events
+local function as_sent(sse)
+  return (sse:gsub(": keep%-alive\n\n", ""))
+end
+
 -- An OpenAI stream with what a compatible server may send: a role chunk, deltas (unicode, escapes,
 -- CRLF and CR line ends), "usage": null, a comment, an event with an id line, the finish, [DONE].
 local function openai_stream(opts)
@@ -66,16 +74,14 @@ local function openai_stream(opts)
   end
   if opts.no_done then
     -- some compatible servers end after the finish reason: the gateway adds [DONE]
-    p[#p + 1] = 'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},' ..
-      '"finish_reason":"stop"}]}\n\n'
+    p[#p + 1] = FINISH
     return table.concat(p)
   end
   if opts.garbage then
     p[#p + 1] = "data: this is not json\n\n"
     return table.concat(p)
   end
-  p[#p + 1] = 'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},' ..
-    '"finish_reason":"stop"}]}\n\n'
+  p[#p + 1] = FINISH
   if opts.usage then
     p[#p + 1] = 'data: {"id":"c1","object":"chat.completion.chunk","choices":[],' ..
       '"usage":{"prompt_tokens":11,"completion_tokens":57,"total_tokens":68}}\n\n'
@@ -167,7 +173,7 @@ describe("same-format streams relayed from C", function()
     local got, ended = run(gw, "/v1/chat/completions", CHAT, sse, false, 7)
     assert.equal("eof", ended)
     -- Lua's SSE reader drops comment-only events; everything else passes byte for byte
-    assert.equal((sse:gsub(": keep%-alive\n\n", "")), got)
+    assert.equal(as_sent(sse), got)
   end)
 
   for _, piece in ipairs({ 1, 7, "event", 100000 }) do
@@ -223,15 +229,14 @@ describe("same-format streams relayed from C", function()
     local sse = openai_stream({ no_done = true })
     local b, eb = both(gw, "/v1/chat/completions", CHAT, sse, "event")
     assert.equal("eof", eb)
-    assert.equal(sse:gsub(": keep%-alive\n\n", "") .. "data: [DONE]\n\n", b)
+    assert.equal(as_sent(sse) .. "data: [DONE]\n\n", b)
   end)
 
   it("a long stream to a client that pauses reading arrives whole and in order", function()
     local block = {}
     for i = 1, 20 do block[i] = oa_delta("block text " .. i .. " ") end
     block = table.concat(block)
-    local tail = 'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},' ..
-      '"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    local tail = FINISH .. "data: [DONE]\n\n"
     local times = 800   -- ~1.9 MB: more than the sockets and the write queue hold
     local bodies, lines = {}, {}
     for k, lua in ipairs({ true, false }) do
@@ -261,7 +266,7 @@ describe("same-format streams relayed from C", function()
       local b, eb, la, lb = both(gw, "/v1/chat/completions", CHAT, sse, piece)
       assert.equal("eof", eb)
       -- ended for the client, whose SSE parser would drop an event without its blank line
-      assert.equal(sse:gsub(": keep%-alive\n\n", "") .. "\n", b)
+      assert.equal(as_sent(sse) .. "\n", b)
       assert.equal(la.completion_tokens, lb.completion_tokens)
     end
   end)
